@@ -1,0 +1,3 @@
+"""tunegguf: LoRA fine-tune -> quantized GGUF -> parity report."""
+
+__version__ = "0.1.0"

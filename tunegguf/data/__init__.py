@@ -1,0 +1,1 @@
+"""Datasets: load, clean, balance, split and freeze the rows every stage reads."""

@@ -1,0 +1,1 @@
+"""Parity evaluation: the HF model and each GGUF scored on the same split, with a report."""

@@ -1,0 +1,1 @@
+"""Merge the adapter, convert to GGUF offline, quantize, verify, write the manifest."""

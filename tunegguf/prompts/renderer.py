@@ -1,0 +1,151 @@
+"""The one prompt renderer: an Example plus a format gives the prompt text and the target.
+
+Training feeds `prompt + target` (loss on the target only); both inference backends feed
+`prompt` alone and tokenize it with special-token parsing on and no automatic BOS, so the
+token ids are decided here, once, by the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunegguf.data.example import Example
+from tunegguf.errors import TuneGGUFError
+from tunegguf.prompts.config import PromptConfig
+from tunegguf.prompts.templates import (
+    ALPACA_PREAMBLE,
+    ALPACA_PREAMBLE_NO_INPUT,
+    CHATML_TEMPLATE,
+    LLAMA3_TEMPLATE,
+    render_chat_template,
+)
+
+
+@dataclass(frozen=True)
+class TemplateTokens:
+    """What the renderer must know of a model's tokenizer: its template and special tokens."""
+
+    chat_template: str | None
+    bos_token: str | None
+    eos_token: str
+    """The end-of-turn token the model is trained to stop on (`<|im_end|>`, `<|eot_id|>`)."""
+    add_bos: bool = False
+    """Whether the tokenizer would put BOS in front by itself; then plain-text formats
+    (alpaca) write it into the prompt, since backends never add it."""
+
+    @classmethod
+    def from_hf_tokenizer(cls, tokenizer: Any) -> "TemplateTokens":
+        if tokenizer.eos_token is None:
+            raise TuneGGUFError("the tokenizer has no EOS token; set eos_token in tokenizer_config.json")
+        bos = tokenizer.bos_token
+        add_bos = False
+        if bos is not None and tokenizer.bos_token_id is not None:
+            ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+            add_bos = bool(ids) and ids[0] == tokenizer.bos_token_id
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        return cls(chat_template=template, bos_token=bos, eos_token=tokenizer.eos_token, add_bos=add_bos)
+
+    def special_tokens(self) -> dict[str, str | None]:
+        return {"bos_token": self.bos_token or "", "eos_token": self.eos_token}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    prompt: str
+    target: str
+    """The answer the model should give, ending with the end-of-turn token ("" if unknown)."""
+
+
+class PromptRenderer:
+    """Render examples for one model and one label set."""
+
+    def __init__(self, config: PromptConfig, tokens: TemplateTokens, labels: list[str] | None = None):
+        self.config = config
+        self.tokens = tokens
+        self.labels = list(labels or [])
+        unknown = sorted(set(config.verbalizers) - set(self.labels))
+        if unknown and self.labels:
+            raise TuneGGUFError(
+                f"prompt.verbalizers names labels that are not in the data: {unknown}; labels are {self.labels}"
+            )
+        self.words = [config.verbalizers.get(label, label) for label in self.labels]
+        if len(set(self.words)) != len(self.words):
+            raise TuneGGUFError(f"prompt.verbalizers gives two labels the same word: {self.words}")
+        if config.format == "chat_template" and not tokens.chat_template:
+            raise TuneGGUFError(
+                "the model has no chat template; set prompt.format to chatml, llama3 or alpaca"
+            )
+
+    # ---- text of one turn -------------------------------------------------------------
+    def _instruction_and_input(self, example: Example) -> tuple[str, str]:
+        if example.is_classification:
+            instruction = self.config.instruction.replace("{labels}", ", ".join(self.words))
+            return instruction, f"{self.config.input_prefix}{example.text}"
+        if example.instruction is None:
+            raise TuneGGUFError(f"example {example.id}: neither text nor instruction is set")
+        return example.instruction, example.input or ""
+
+    def answer(self, example: Example) -> str | None:
+        """The response text for an example: its label's word, or its output."""
+        if example.is_classification:
+            if example.label is None:
+                return None
+            if self.labels and example.label not in self.labels:
+                raise TuneGGUFError(
+                    f"example {example.id}: label {example.label!r} is not one of {self.labels}"
+                )
+            return self.config.verbalizers.get(example.label, example.label)
+        return example.output
+
+    # ---- whole prompt -----------------------------------------------------------------
+    def render(self, example: Example) -> Rendered:
+        instruction, input_text = self._instruction_and_input(example)
+        answer = self.answer(example)
+        if self.config.format == "alpaca":
+            return self._render_alpaca(instruction, input_text, answer)
+        template = {
+            "chat_template": self.tokens.chat_template,
+            "chatml": CHATML_TEMPLATE,
+            "llama3": LLAMA3_TEMPLATE,
+        }[self.config.format]
+        user = f"{instruction}\n{input_text}" if input_text else instruction
+        messages = []
+        if self.config.system_prompt is not None:
+            messages.append({"role": "system", "content": self.config.system_prompt})
+        messages.append({"role": "user", "content": user})
+        specials = self.tokens.special_tokens()
+        prompt = render_chat_template(template, messages, add_generation_prompt=True, special_tokens=specials)
+        if answer is None:
+            return Rendered(prompt=prompt, target="")
+        full = render_chat_template(
+            template,
+            messages + [{"role": "assistant", "content": answer}],
+            add_generation_prompt=False,
+            special_tokens=specials,
+        )
+        if not full.startswith(prompt):
+            raise TuneGGUFError(
+                "the chat template renders the conversation differently once the answer is added; "
+                "use prompt.format chatml, llama3 or alpaca for this model"
+            )
+        return Rendered(prompt=prompt, target=self._end_at_eos(full[len(prompt):]))
+
+    def _end_at_eos(self, target: str) -> str:
+        # Templates add a newline after the end-of-turn token; the model must learn to stop
+        # at the token itself, so the target ends there.
+        eos = self.tokens.eos_token
+        index = target.find(eos)
+        return target[: index + len(eos)] if index >= 0 else target + eos
+
+    def _render_alpaca(self, instruction: str, input_text: str, answer: str | None) -> Rendered:
+        bos = self.tokens.bos_token if (self.tokens.add_bos and self.tokens.bos_token) else ""
+        if input_text:
+            prompt = (
+                f"{bos}{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}\n\n"
+                f"### Input:\n{input_text}\n\n### Response:\n"
+            )
+        else:
+            prompt = f"{bos}{ALPACA_PREAMBLE_NO_INPUT}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+        target = "" if answer is None else f"{answer}{self.tokens.eos_token}"
+        return Rendered(prompt=prompt, target=target)
