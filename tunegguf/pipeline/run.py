@@ -1,0 +1,222 @@
+"""`tunegguf run`: data -> fine-tune -> export -> evaluate into one run directory.
+
+Each stage records a fingerprint of the settings it depends on (its own and its upstream
+stages') in `stages.json`; a stage whose fingerprint and outputs are unchanged is skipped,
+so re-running a killed run continues where it stopped, and changing only the evaluation
+thresholds re-runs only the evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tunegguf.config import RunConfig, run_config_dict
+from tunegguf.configuration import to_dict, write_yaml
+from tunegguf.errors import TuneGGUFError, closest
+from tunegguf.io import read_json, write_json
+
+STAGES = ["data", "finetune", "export", "evaluate"]
+# Which config sections each stage's output depends on (upstream stages chain in too).
+STAGE_INPUTS = {
+    "data": ["data"],
+    "finetune": ["model", "prompt", "finetune"],
+    "export": ["export"],
+    "evaluate": ["evaluate"],
+}
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    stages_run: list[str] = field(default_factory=list)
+    stages_skipped: list[str] = field(default_factory=list)
+    report_md: Path | None = None
+    report_html: Path | None = None
+    verdicts: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def stage_fingerprints(config: RunConfig) -> dict[str, str]:
+    """Fingerprint per stage: its config sections plus the fingerprint of the stage before."""
+    data = run_config_dict(config)
+    out, previous = {}, ""
+    for stage in STAGES:
+        payload = json.dumps({k: data[k] for k in STAGE_INPUTS[stage]}, sort_keys=True) + previous
+        previous = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        out[stage] = previous
+    return out
+
+
+def environment_record(config: RunConfig) -> dict[str, Any]:
+    from tunegguf import doctor
+
+    report = doctor.run()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": report.versions,
+        "hardware": report.hardware,
+        "llama_cpp": report.llama_cpp,
+        "seed": {"data": config.data.seed, "finetune": config.finetune.seed, "evaluate": config.evaluate.seed},
+        "hf_token_set": report.resources.get("hf_token_set"),
+    }
+
+
+class _StageBook:
+    """stages.json: what finished, with which fingerprint, and what it produced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, Any] = read_json(path) if path.is_file() else {}
+
+    def done(self, stage: str, fingerprint: str) -> dict | None:
+        entry = self.entries.get(stage)
+        if entry and entry.get("fingerprint") == fingerprint:
+            return entry.get("result")
+        return None
+
+    def record(self, stage: str, fingerprint: str, result: dict, seconds: float) -> None:
+        self.entries[stage] = {"fingerprint": fingerprint, "result": result, "seconds": round(seconds, 1),
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(self.path, self.entries)
+
+    def forget_from(self, stage: str) -> None:
+        for later in STAGES[STAGES.index(stage):]:
+            self.entries.pop(later, None)
+        write_json(self.path, self.entries)
+
+
+def run_pipeline(config: RunConfig, *, from_stage: str | None = None,
+                 log: Callable[[str], None] = print) -> PipelineResult:
+    """Run every stage that is not already done for this config; return where things are."""
+    from tunegguf import data as data_stage
+
+    if from_stage is not None and from_stage not in STAGES:
+        raise TuneGGUFError(f"--from {from_stage!r} is not a stage{closest(from_stage, STAGES)}; stages: {', '.join(STAGES)}")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "config.yaml", run_config_dict(config))
+    write_json(run_dir / "environment.json", environment_record(config))
+    book = _StageBook(run_dir / "stages.json")
+    if from_stage:
+        book.forget_from(from_stage)
+    prints = stage_fingerprints(config)
+    result = PipelineResult(run_dir=run_dir)
+
+    def begin(stage: str) -> dict | None:
+        previous = book.done(stage, prints[stage])
+        if previous is not None:
+            result.stages_skipped.append(stage)
+            log(f"[{stage}] up to date, skipped (use --from {stage} to redo it)")
+        else:
+            log(f"[{stage}] running")
+        return previous
+
+    def finish(stage: str, started: float, produced: dict) -> None:
+        seconds = time.time() - started
+        book.record(stage, prints[stage], produced, seconds)
+        result.stages_run.append(stage)
+        result.seconds[stage] = round(seconds, 1)
+        log(f"[{stage}] done in {seconds:.0f} s")
+
+    # data: the frozen split every later stage reads.
+    started = time.time()
+    begin("data")
+    prepared = data_stage.prepare(config.data, run_dir / "data")
+    for warning in prepared.warnings:
+        log(f"[data] WARNING {warning}")
+    if book.done("data", prints["data"]) is None:
+        finish("data", started, {"manifest": str(run_dir / "data" / "data_manifest.json"), "labels": prepared.labels})
+
+    # finetune
+    finetuned = begin("finetune")
+    if finetuned is None:
+        from tunegguf import finetune as finetune_stage
+
+        started = time.time()
+        tuned = finetune_stage.run(
+            config.finetune, model=config.model, prompt=config.prompt,
+            train=prepared.load("train"), validation=prepared.load("validation"), labels=prepared.labels,
+            out_dir=run_dir / "finetune", data_fingerprint=_data_fingerprint(prepared),
+            resume=True, overwrite=from_stage is not None and STAGES.index(from_stage) <= 1,
+            class_weights=prepared.class_weights,
+        )
+        finetuned = {
+            "adapter_dir": str(tuned.adapter_dir), "best_step": tuned.best_step, "best_metric": tuned.best_metric,
+            "baseline": tuned.baseline, "final_metrics": tuned.final_metrics, "engine": tuned.engine,
+            "history_path": str(tuned.history_path), "train_seconds": tuned.train_seconds, "steps": tuned.steps,
+        }
+        finish("finetune", started, finetuned)
+
+    # export
+    exported = begin("export")
+    if exported is None:
+        from tunegguf import export as export_stage
+
+        started = time.time()
+        test_rows = prepared.load(config.evaluate.split)
+        done = export_stage.run(
+            config.export, base_model=config.model.name, adapter_dir=Path(finetuned["adapter_dir"]),
+            out_dir=run_dir / "export", prompt=config.prompt, labels=prepared.labels,
+            sample=test_rows[0] if test_rows else None,
+        )
+        exported = {
+            "merged_dir": str(done.merged_dir), "manifest": str(done.manifest_path),
+            "files": {f.quant: str(f.path) for f in done.files},
+            "failed": {f.quant: _failure_reason(f) for f in done.failed},
+        }
+        for quant, reason in exported["failed"].items():
+            log(f"[export] WARNING {quant} failed verification and is not exported: {reason}")
+        finish("export", started, exported)
+
+    # evaluate
+    evaluated = begin("evaluate")
+    if evaluated is None:
+        from tunegguf import evaluate as evaluate_stage
+
+        started = time.time()
+        files = {name: Path(path) for name, path in exported["files"].items()}
+        if config.evaluate.quants:
+            files = {name: path for name, path in files.items() if name in config.evaluate.quants or name == "f16"}
+        examples = prepared.load(config.evaluate.split)
+        extra = {
+            "fine-tune": {k: finetuned[k] for k in ("engine", "steps", "best_step", "best_metric", "train_seconds")},
+            "zero-shot baseline (validation)": finetuned.get("baseline"),
+            "after fine-tuning (validation)": finetuned.get("final_metrics"),
+            "export manifest": read_json(Path(exported["manifest"])) if Path(exported["manifest"]).is_file() else None,
+        }
+        report = evaluate_stage.run(
+            config.evaluate, prompt=config.prompt, examples=examples, labels=prepared.labels,
+            hf_model=Path(exported["merged_dir"]), gguf_files=files, out_dir=run_dir / "report",
+            extra_sections=extra,
+        )
+        evaluated = {
+            "report_json": str(report.report_json), "report_md": str(report.report_md),
+            "report_html": str(report.report_html), "verdicts": to_dict(report.verdicts),
+        }
+        finish("evaluate", started, evaluated)
+
+    result.report_md = Path(evaluated["report_md"])
+    result.report_html = Path(evaluated["report_html"])
+    result.verdicts = evaluated["verdicts"]
+    return result
+
+
+def _data_fingerprint(prepared: Any) -> dict[str, Any]:
+    manifest = prepared.manifest or {}
+    splits = manifest.get("splits", {})
+    return {name: {"sha256": info.get("sha256"), "rows": info.get("rows")} for name, info in splits.items()}
+
+
+def _failure_reason(exported_file: Any) -> str:
+    verify = getattr(exported_file, "verify", None)
+    failed = [c for c in getattr(verify, "checks", []) if not getattr(c, "passed", True)]
+    if failed:
+        return "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    return str(getattr(verify, "error", "verification failed"))
