@@ -14,7 +14,9 @@ import click
 @click.option("--run-dir", default=None, help="Write the run here instead of the config's run_dir.")
 @click.option("--from", "from_stage", default=None, metavar="STAGE",
               help="Re-run from this stage on: data, finetune, export or evaluate.")
-def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | None, from_stage: str | None) -> None:
+@click.option("--until", default=None, metavar="STAGE", help="Stop after this stage.")
+def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | None, from_stage: str | None,
+                until: str | None) -> None:
     """Data -> fine-tune -> export -> evaluate, from one YAML config, into a run directory.
 
     Finished stages are skipped when their settings did not change; a killed run continues
@@ -25,8 +27,11 @@ def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | Non
 
     extra = list(overrides) + ([f"run_dir={run_dir}"] if run_dir else [])
     config = load_run_config(config_path, extra)
-    result = run_pipeline(config, from_stage=from_stage, log=lambda line: click.echo(line, err=True))
+    result = run_pipeline(config, from_stage=from_stage, until=until, log=lambda line: click.echo(line, err=True))
     click.echo("")
+    if result.report_html is None:
+        click.echo(f"stopped after {until}; run directory: {result.run_dir}")
+        return
     for name, verdict in result.verdicts.items():
         holds = verdict.get("holds") if isinstance(verdict, dict) else verdict
         reasons = verdict.get("reasons", []) if isinstance(verdict, dict) else []

@@ -40,6 +40,8 @@ class PipelineResult:
     report_html: Path | None = None
     verdicts: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    adapter_dir: Path | None = None
+    gguf_files: dict[str, Path] = field(default_factory=dict)
 
 
 def stage_fingerprints(config: RunConfig) -> dict[str, str]:
@@ -92,13 +94,17 @@ class _StageBook:
         write_json(self.path, self.entries)
 
 
-def run_pipeline(config: RunConfig, *, from_stage: str | None = None,
+def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str | None = None,
                  log: Callable[[str], None] = print) -> PipelineResult:
-    """Run every stage that is not already done for this config; return where things are."""
+    """Run every stage that is not already done for this config; return where things are.
+
+    `until` stops after that stage (a notebook runs the chain one cell per stage).
+    """
     from tunegguf import data as data_stage
 
-    if from_stage is not None and from_stage not in STAGES:
-        raise TuneGGUFError(f"--from {from_stage!r} is not a stage{closest(from_stage, STAGES)}; stages: {', '.join(STAGES)}")
+    for flag, value in (("--from", from_stage), ("--until", until)):
+        if value is not None and value not in STAGES:
+            raise TuneGGUFError(f"{flag} {value!r} is not a stage{closest(value, STAGES)}; stages: {', '.join(STAGES)}")
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", run_config_dict(config))
@@ -133,6 +139,8 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None,
         log(f"[data] WARNING {warning}")
     if book.done("data", prints["data"]) is None:
         finish("data", started, {"manifest": str(run_dir / "data" / "data_manifest.json"), "labels": prepared.labels})
+    if until == "data":
+        return result
 
     # finetune
     finetuned = begin("finetune")
@@ -153,6 +161,9 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None,
             "history_path": str(tuned.history_path), "train_seconds": tuned.train_seconds, "steps": tuned.steps,
         }
         finish("finetune", started, finetuned)
+    result.adapter_dir = Path(finetuned["adapter_dir"])
+    if until == "finetune":
+        return result
 
     # export
     exported = begin("export")
@@ -174,6 +185,9 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None,
         for quant, reason in exported["failed"].items():
             log(f"[export] WARNING {quant} failed verification and is not exported: {reason}")
         finish("export", started, exported)
+    result.gguf_files = {name: Path(path) for name, path in exported["files"].items()}
+    if until == "export":
+        return result
 
     # evaluate
     evaluated = begin("evaluate")
