@@ -1,0 +1,222 @@
+"""Rows to Examples: column mapping, label mapping, filters, exact-duplicate and leakage removal.
+
+Counts of every dropped row go back to the caller (they end up in the manifest), and a
+label that the config does not account for is an error naming the file, column and row.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunegguf.data.config import DataConfig, parse_rating_range
+from tunegguf.data.example import Example
+from tunegguf.data.loaders import Table
+from tunegguf.errors import TuneGGUFError, closest
+
+TEXT_JOINER = "\n\n"
+# How `tunegguf data inspect` sets the same thing, named in the missing-column message.
+CLI_FLAGS = {"text_columns": " (inspect: --text-column)", "label_column": " (inspect: --label-column)"}
+
+
+@dataclass
+class Cleaned:
+    examples: list[Example]
+    rows: int
+    """Rows in the source before anything was dropped."""
+    dropped: Counter = field(default_factory=Counter)
+    conflicts: int = 0
+    """Duplicate texts whose labels disagreed (the first row's label was kept)."""
+
+
+def label_key(value: Any) -> str | None:
+    """A raw label as text, so 0, "0", 0.0 and "0.0" all give "0"; empty gives None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Number):
+        number = float(value)
+        if math.isnan(number):
+            return None
+        return str(int(number)) if number.is_integer() else repr(number)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isfinite(number) and any(ch.isdigit() for ch in text):
+        return str(int(number)) if number.is_integer() else repr(number)
+    return text
+
+
+def text_value(value: Any) -> str:
+    """A cell as stripped text; None / NaN become ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def example_key(example: Example) -> str:
+    """What counts as 'the same row' for dedupe and leakage: the text the model reads."""
+    if example.text is not None:
+        return example.text
+    return f"{example.instruction}{TEXT_JOINER}{example.input or ''}"
+
+
+def require_columns(table: Table, columns: list[tuple[str, str]]) -> None:
+    """columns: (column, setting that names it). Missing -> one line with the closest name."""
+    for column, setting in columns:
+        if column not in table.columns:
+            raise TuneGGUFError(
+                f"{table.name}: no column '{column}'{closest(column, table.columns)}; columns are "
+                f"{', '.join(table.columns) or '(none)'}; set data.{setting}{CLI_FLAGS.get(setting, '')}"
+            )
+
+
+def to_examples(table: Table, config: DataConfig, prefix: str) -> Cleaned:
+    """Map the table's rows to Examples with ids f"{prefix}-{row}" (row in the source)."""
+    if table.source.get("kind") == "demo":
+        # The demo has fixed columns and class names; column and label settings are for files.
+        examples = [Example(id=f"{prefix}-{i}", text=r["text"], label=r["label"]) for i, r in enumerate(table.rows)]
+        return Cleaned(examples=examples, rows=len(table.rows))
+    if config.task == "instruction":
+        return _instruction_examples(table, config, prefix)
+    return _classification_examples(table, config, prefix)
+
+
+def _classification_examples(table: Table, config: DataConfig, prefix: str) -> Cleaned:
+    require_columns(table, [(c, "text_columns") for c in config.text_columns] + [(config.label_column, "label_column")])
+    label_map = {label_key(k): v for k, v in config.label_map.items()}
+    ranges = [(parse_rating_range(k), v) for k, v in config.star_ratings.items()]
+    allowed = set(config.labels)
+    unknown: dict[str, int] = {}  # raw value outside label_map -> first row index
+    outside: dict[str, int] = {}  # class outside data.labels -> first row index
+    found: Counter = Counter()
+    dropped: Counter = Counter()
+    examples = []
+    for index, row in enumerate(table.rows):
+        text = TEXT_JOINER.join(part for part in (text_value(row.get(c)) for c in config.text_columns) if part)
+        raw = label_key(row.get(config.label_column))
+        if not text:
+            dropped["empty_text"] += 1
+            continue
+        if raw is None:
+            dropped["missing_label"] += 1
+            continue
+        found[raw] += 1
+        if ranges:
+            label = _rating_class(raw, ranges, table, config, index)
+            if label is None:
+                dropped["rating_outside_ranges"] += 1
+                continue
+        elif label_map:
+            label = label_map.get(raw)
+            if label is None:
+                unknown.setdefault(raw, index)
+                continue
+        else:
+            label = raw
+        if allowed and label not in allowed:
+            outside.setdefault(label, index)
+            continue
+        if len(text) < config.min_text_length:
+            dropped["too_short"] += 1
+            continue
+        examples.append(Example(id=f"{prefix}-{index}", text=text, label=label))
+    if unknown:
+        _unknown_labels(table, config, "data.label_map", unknown, found)
+    if outside:
+        _unknown_labels(table, config, "data.labels", outside, found)
+    return Cleaned(examples=examples, rows=len(table.rows), dropped=dropped)
+
+
+def _rating_class(raw: str, ranges, table: Table, config: DataConfig, index: int) -> str | None:
+    try:
+        rating = float(raw)
+    except ValueError:
+        raise TuneGGUFError(
+            f"{table.name}, column '{config.label_column}', {table.where(index)}: rating {raw!r} is not a "
+            f"number; data.star_ratings needs numeric ratings (or use data.label_map)"
+        ) from None
+    for (low, high), label in ranges:
+        if low <= rating <= high:
+            return label
+    return None
+
+
+def _unknown_labels(table: Table, config: DataConfig, what: str, unknown: dict[str, int], found: Counter) -> None:
+    shown = ", ".join(f"{raw!r} (first at {table.where(i)})" for raw, i in list(unknown.items())[:5])
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    values = ", ".join(f"{v!r} x{n}" for v, n in sorted(found.items(), key=lambda kv: -kv[1])[:10])
+    raise TuneGGUFError(
+        f"{table.name}, column '{config.label_column}': {'classes' if what == 'data.labels' else 'label values'} "
+        f"not in {what}: {shown}{more}; raw values found: {values}; add them to {what} or fix those rows"
+    )
+
+
+def _instruction_examples(table: Table, config: DataConfig, prefix: str) -> Cleaned:
+    require_columns(table, [(config.instruction_column, "instruction_column"), (config.output_column, "output_column")])
+    has_input = config.input_column in table.columns
+    dropped: Counter = Counter()
+    examples = []
+    for index, row in enumerate(table.rows):
+        instruction = text_value(row.get(config.instruction_column))
+        given = text_value(row.get(config.input_column)) if has_input else ""
+        output = text_value(row.get(config.output_column))
+        if not instruction:
+            dropped["empty_text"] += 1
+            continue
+        if not output:
+            dropped["empty_output"] += 1
+            continue
+        if len(instruction) + len(given) < config.min_text_length:
+            dropped["too_short"] += 1
+            continue
+        examples.append(Example(id=f"{prefix}-{index}", instruction=instruction, input=given or None, output=output))
+    return Cleaned(examples=examples, rows=len(table.rows), dropped=dropped)
+
+
+def dedupe(cleaned: Cleaned) -> None:
+    """Drop exact duplicate texts in place, keeping the first; count label conflicts."""
+    first_label: dict[str, str | None] = {}
+    kept = []
+    for example in cleaned.examples:
+        key = example_key(example)
+        if key in first_label:
+            cleaned.dropped["duplicate"] += 1
+            if first_label[key] != (example.label if example.is_classification else example.output):
+                cleaned.conflicts += 1
+            continue
+        first_label[key] = example.label if example.is_classification else example.output
+        kept.append(example)
+    cleaned.examples = kept
+
+
+def count_duplicates(examples: list[Example]) -> tuple[int, int]:
+    """(rows whose text appeared earlier, of those with a different label) without dropping."""
+    probe = Cleaned(examples=list(examples), rows=len(examples))
+    dedupe(probe)
+    return probe.dropped["duplicate"], probe.conflicts
+
+
+def drop_overlap(cleaned: Cleaned, later: list[Example], reason: str = "leakage") -> int:
+    """Drop rows whose text is also in `later` (a split scored after training); return the count."""
+    keys = {example_key(e) for e in later}
+    kept = [e for e in cleaned.examples if example_key(e) not in keys]
+    removed = len(cleaned.examples) - len(kept)
+    if removed:
+        cleaned.dropped[reason] += removed
+    cleaned.examples = kept
+    return removed
+
+
+def overlap(a: list[Example], b: list[Example]) -> int:
+    """Rows of `a` whose text is also in `b`."""
+    keys = {example_key(e) for e in b}
+    return sum(example_key(e) in keys for e in a)
