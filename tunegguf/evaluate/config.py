@@ -17,7 +17,9 @@ class EvaluateConfig:
     max_new_tokens: int = 8
     batch_size: int = 16
     n_threads: int | None = None
-    """llama.cpp threads (None: all cores)."""
+    """llama.cpp threads (None: half the cores, llama-cpp-python's own default). More is
+    not safer: on a shared 2-core machine 2 threads scored 15-20x slower than 1, because
+    llama.cpp's threads spin-wait for each other when a core is busy elsewhere."""
     quants: list[str] = field(default_factory=list)
     """Which exported GGUF files to compare with the HF model (empty: all of them)."""
     bootstrap: int = 1000
@@ -28,3 +30,40 @@ class EvaluateConfig:
     max_mean_kl: float = 0.05
     collapse_threshold: float = 0.9
     seed: int = 0
+
+    n_ctx: int = 2048
+    """llama.cpp context in tokens; the longest prompt plus max_new_tokens must fit."""
+    llama_extra_buffers: bool = False
+    """Let llama.cpp repack weights for its CPU "extra buffer" (AMX / AVX-512) kernels.
+    Off by default: with llama-cpp-python 0.3.36 on an AMX CPU that path segfaults on
+    quantized SmolLM2 files; the plain kernels compute the same quantized dot products."""
+    max_unparsed_rate: float = 0.2
+    """In generate mode a GGUF whose answers are unparseable for more than this share of
+    the rows fails parity, even when the HF model is just as bad (then both are broken)."""
+    ece_bins: int = 10
+    """Equal-width confidence bins for the expected calibration error."""
+    max_flips_shown: int = 50
+    """Flipped examples listed in report.md / report.html (report.json keeps all)."""
+    plots: bool = True
+    """Draw the figures of report.html (confusion matrices, probability scatter, quant
+    ladder, speed); false skips matplotlib for a faster, text-only report."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the Transformers model runs (auto: CUDA when present)."""
+
+    def __post_init__(self) -> None:
+        if not self.modes:
+            raise ValueError("evaluate.modes must name at least one of: labels, generate")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"evaluate.modes lists a mode twice: {self.modes}")
+        if self.batch_size < 1:
+            raise ValueError("evaluate.batch_size must be at least 1")
+        if self.max_new_tokens < 1:
+            raise ValueError("evaluate.max_new_tokens must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("evaluate.limit must be at least 1 (or null for all rows)")
+        if self.bootstrap < 0:
+            raise ValueError("evaluate.bootstrap must be 0 (no intervals) or more")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError("evaluate.min_agreement must be between 0 and 1")
+        if self.n_ctx < 32:
+            raise ValueError("evaluate.n_ctx must be at least 32")

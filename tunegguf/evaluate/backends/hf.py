@@ -1,10 +1,18 @@
-"""Transformers backend: batched label scoring (one forward pass) and greedy generation."""
+"""Transformers backend: batched label scoring (one forward pass) and greedy generation.
+
+The two functions at the top are shared with the fine-tune stage (validation scoring);
+`HFBackend` wraps them, plus loading and generation, in the evaluator's Backend protocol.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from tunegguf.errors import TuneGGUFError
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -56,3 +64,128 @@ def last_position_logprobs(
     if was_training:
         model.train()
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def _left_pad(ids: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, width - len(seq):] = torch.tensor(seq)
+        attention[row, width - len(seq):] = 1
+    return input_ids, attention
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Every id that ends a turn: the tokenizer's EOS plus the generation config's list
+    (Llama 3 stops on <|eot_id|>, <|eom_id|> and <|end_of_text|>)."""
+    ids: set[int] = set()
+    for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(x) for x in source)
+    return sorted(ids)
+
+
+class HFBackend:
+    """A Transformers model (optionally base + LoRA adapter) behind the Backend protocol."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        adapter_dir: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        name: str = "hf",
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from tunegguf.models.registry import describe_hub_error, resolve_model
+
+        started = time.perf_counter()
+        resolved = resolve_model(str(model))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        # float32 on the CPU (half precision is slow there and would blur the reference);
+        # on a GPU the checkpoint's own dtype.
+        torch_dtype: Any = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        if torch_dtype is None:
+            torch_dtype = torch.float32 if device == "cpu" else "auto"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+            self.model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch_dtype)
+        except OSError as exc:
+            raise describe_hub_error(resolved.name, exc) from None
+        if adapter_dir is not None:
+            self.model = _attach_adapter(self.model, Path(adapter_dir))
+        self.model.to(device).eval()
+        self.name = name
+        self.batch_size = batch_size
+        self.stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.info = {
+            "runtime": "transformers",
+            "model": resolved.path,
+            "adapter": str(adapter_dir) if adapter_dir else None,
+            "device": device,
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "vocab_size": int(self.model.config.vocab_size),
+            "stop_token_ids": self.stop_ids,
+            "load_seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return encode_prompts(self.tokenizer, texts)
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> np.ndarray:
+        return last_position_logprobs(self.model, self.tokenizer, prompts, self.batch_size)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[tuple[str, bool]]:
+        import torch
+        from transformers import GenerationConfig
+
+        # An explicit config, so sampling settings in the checkpoint cannot sneak in.
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_ids, pad_token_id=self.pad_id
+        )
+        device = next(self.model.parameters()).device
+        results: list[tuple[str, bool]] = []
+        with torch.inference_mode():
+            for batch in _batches(list(prompts), self.batch_size):
+                input_ids, attention = _left_pad(encode_prompts(self.tokenizer, batch), self.pad_id)
+                out = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
+                )
+                for row in out[:, input_ids.shape[1]:].tolist():
+                    stop = next((i for i, tok in enumerate(row) if tok in self.stop_ids), None)
+                    kept = row if stop is None else row[:stop]
+                    results.append((self.tokenizer.decode(kept, skip_special_tokens=False), stop is not None))
+        return results
+
+    def close(self) -> None:
+        import gc
+
+        self.model = None
+        gc.collect()
+
+
+def _attach_adapter(model: Any, adapter_dir: Path) -> Any:
+    """Base + LoRA adapter, merged: the same weights the GGUF export writes."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        # Typically a shape mismatch: the adapter was trained on another base model.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TuneGGUFError(
+            f"the adapter in {adapter_dir} does not fit this base model ({first[:200]}); "
+            "pass the base it was trained on with --hf"
+        ) from None

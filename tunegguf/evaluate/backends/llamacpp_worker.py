@@ -1,0 +1,203 @@
+"""The child process behind LlamaCppBackend: it owns one llama.cpp model and answers requests.
+
+Run as `python -m tunegguf.evaluate.backends.llamacpp_worker READ_FD WRITE_FD`. Requests
+and replies are pickled over two pipes (multiprocessing Connections), never over stdout,
+because llama.cpp's C code may print there. Only llama_cpp and numpy are imported here:
+no torch competing for the cores (NOTES.md: 10-20x slower in a busy torch process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from multiprocessing.connection import Connection
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    # Same as backends.base.log_softmax; repeated to keep this process's imports minimal.
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    return (x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _model_params(**overrides: Any) -> Iterator[None]:
+    """Set llama_model_params fields that `Llama()` has no argument for, during one load.
+
+    `use_extra_bufts=False` keeps llama.cpp from repacking weights for its CPU "extra
+    buffer" kernels: with llama-cpp-python 0.3.36 on an AMX/AVX-512 CPU that path
+    segfaults in the first decode of a Q8_0 or Q4_K_M SmolLM2 file (f16 is unaffected).
+    Only this worker process is patched, and only while the model loads.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def patched() -> Any:
+        params = original()
+        for key, value in overrides.items():
+            if hasattr(params, key):  # older builds lack the field: keep their default
+                setattr(params, key, value)
+        return params
+
+    lib.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
+
+
+class LlamaWorker:
+    """One Llama model; prompts are fed with the KV cache of the shared prefix kept."""
+
+    def __init__(self, path: str, n_ctx: int, n_threads: int, extra_buffers: bool = False) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        if not os.path.isfile(path):
+            raise ValueError(f"GGUF file not found: {path}")
+        try:
+            with _model_params(use_extra_bufts=extra_buffers):
+                self.llm = llama_cpp.Llama(
+                    model_path=path,
+                    n_ctx=n_ctx,
+                    n_batch=min(512, n_ctx),
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    logits_all=False,  # only the last position is read, via llama_get_logits_ith
+                    verbose=False,
+                    seed=0,
+                )
+        except ValueError as exc:
+            raise ValueError(
+                f"llama.cpp cannot load {path} ({exc}); the file is truncated, corrupt or not a GGUF model"
+            ) from None
+        self.n_vocab = int(self.llm.n_vocab())
+        self.n_ctx = int(self.llm.n_ctx())
+        # Recurrent/hybrid models keep state that cannot be cut back to a prefix.
+        self.reuse_prefix = not (getattr(self.llm, "_is_recurrent", False) or getattr(self.llm, "_is_hybrid", False))
+        vocab = self.llm._model.vocab
+        self.eog_ids = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        self.info = {
+            "runtime": "llama.cpp",
+            "llama_cpp_python": llama_cpp.__version__,
+            "file": path,
+            "n_ctx": self.n_ctx,
+            "n_threads": n_threads,
+            "vocab_size": self.n_vocab,
+            "stop_token_ids": self.eog_ids,
+            "prefix_cache": self.reuse_prefix,
+            "extra_buffers": extra_buffers,
+        }
+
+    # ---- protocol verbs ---------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in texts]
+
+    def next_token_logprobs(self, prompts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(prompts), self.n_vocab), dtype=np.float32)
+        for row, ids in enumerate(self.tokenize(prompts)):
+            out[row] = _log_softmax(self._feed(ids))
+        return out
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[tuple[str, bool]]:
+        results = []
+        eog = set(self.eog_ids)
+        for ids in self.tokenize(prompts):
+            logits = self._feed(ids, reserve=max_new_tokens)
+            new: list[int] = []
+            stopped = False
+            while True:
+                token = int(np.argmax(logits))  # greedy; first index on ties, as torch.argmax
+                if token in eog:
+                    stopped = True
+                    break
+                new.append(token)
+                if len(new) >= max_new_tokens:
+                    break
+                self.llm.eval([token])
+                logits = self._last_logits()
+            text = self.llm.detokenize(new, special=True).decode("utf-8", errors="replace")
+            results.append((text, stopped))
+        return results
+
+    # ---- internals --------------------------------------------------------------------
+    def _last_logits(self) -> np.ndarray:
+        # With logits_all=False `llm.scores` stays zero; read the context's last row instead.
+        pointer = self._lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+    def _feed(self, ids: list[int], reserve: int = 0) -> np.ndarray:
+        """Evaluate a prompt and return the logits at its last position.
+
+        The KV cache still holds the previous prompt: keep the common prefix (template,
+        system prompt, instruction) and evaluate only the rest. At least one token is
+        always evaluated, so there are fresh logits to read.
+        """
+        if not ids:
+            raise ValueError("an empty prompt has no answer position")
+        if len(ids) + reserve > self.n_ctx:
+            raise ValueError(
+                f"a prompt of {len(ids)} tokens (+{reserve} to generate) does not fit n_ctx={self.n_ctx}; "
+                "raise evaluate.n_ctx"
+            )
+        keep = 0
+        if self.reuse_prefix:
+            cached = self.llm.input_ids[: self.llm.n_tokens]
+            limit = min(len(cached), len(ids) - 1)
+            while keep < limit and cached[keep] == ids[keep]:
+                keep += 1
+        if keep == 0:
+            self.llm.reset()
+        self.llm.n_tokens = keep
+        self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        self.llm.eval(ids[keep:])
+        return self._last_logits()
+
+
+OPS = ("tokenize", "next_token_logprobs", "generate")
+
+
+def serve(requests: Connection, replies: Connection) -> int:
+    """Load the model named by the first request, then answer until "close" or EOF."""
+    try:
+        settings: dict[str, Any] = requests.recv()
+        worker = LlamaWorker(**settings)
+    except EOFError:
+        return 0
+    except Exception as exc:  # the parent turns this into a TuneGGUFError
+        replies.send(("error", str(exc)))
+        return 1
+    replies.send(("ok", worker.info))
+    while True:
+        try:
+            op, args = requests.recv()
+        except EOFError:
+            return 0
+        if op == "close":
+            replies.send(("ok", None))
+            return 0
+        if op not in OPS:
+            replies.send(("error", f"unknown request {op!r}"))
+            continue
+        try:
+            result = getattr(worker, op)(*args)
+        except Exception as exc:
+            replies.send(("error", str(exc)))
+        else:
+            replies.send(("ok", result))
+
+
+def main(argv: list[str]) -> int:
+    read_fd, write_fd = int(argv[1]), int(argv[2])
+    # Anything printed to stdout (by C code too) goes to the log instead.
+    os.dup2(2, 1)
+    return serve(Connection(read_fd, writable=False), Connection(write_fd, readable=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,207 @@
+"""`tunegguf evaluate`: parse flags, load the split, call `tunegguf.evaluate.run`, print verdicts.
+
+Heavy imports (torch, transformers, llama_cpp) happen inside `run`, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tunegguf.errors import TuneGGUFError
+
+_QUANT_SUFFIX = re.compile(r"(?:^|[-_.])((?:b?f(?:16|32))|(?:i?q\d[a-z0-9_]*))$", re.IGNORECASE)
+
+
+class _UserError(click.ClickException):
+    """One line, exit status 2: the same contract as the top-level `tunegguf` command."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def quant_name(path: Path) -> str:
+    """'model-Q4_K_M.gguf' -> 'Q4_K_M', 'smollm2-f16.gguf' -> 'f16', otherwise the stem."""
+    match = _QUANT_SUFFIX.search(path.stem)
+    if not match:
+        return path.stem
+    name = match.group(1)
+    return name.lower() if name.lower() in ("f16", "bf16", "f32") else name.upper()
+
+
+def parse_gguf_options(values: tuple[str, ...]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not name.strip() or not file.strip():
+            raise TuneGGUFError(f"--gguf {value!r}: expected NAME=FILE, e.g. --gguf Q8_0=out/model-Q8_0.gguf")
+        if name.strip() in files:
+            raise TuneGGUFError(f"--gguf names {name.strip()!r} twice")
+        files[name.strip()] = Path(file.strip())
+    return files
+
+
+def _manifest_entries(manifest: Any) -> list[tuple[str | None, str]]:
+    """(name, path) pairs from an export manifest of any of the shapes we accept:
+    {"files": [{"quant"|"name"|"type": ..., "path"|"file": ...}]}, {"files": {name: path | {...}}}
+    (tunegguf's export writes {"files": {"model-Q8_0.gguf": {"quant": "Q8_0", "path": ...}}}),
+    or {name: path | {...}} at the top level."""
+    entries: list[tuple[str | None, str]] = []
+    if isinstance(manifest, dict):
+        for key in ("files", "ggufs", "outputs", "quants"):
+            if key in manifest:
+                return _manifest_entries(manifest[key])
+        for name, value in manifest.items():
+            if isinstance(value, str) and value.endswith(".gguf"):
+                entries.append((str(name), value))
+            elif isinstance(value, dict):
+                path = value.get("path") or value.get("file") or (name if str(name).endswith(".gguf") else None)
+                label = value.get("quant") or value.get("name") or name  # export keys entries by file name
+                if isinstance(path, str) and path.endswith(".gguf"):
+                    entries.append((str(label), path))
+    elif isinstance(manifest, list):
+        for item in manifest:
+            if isinstance(item, str) and item.endswith(".gguf"):
+                entries.append((None, item))
+            elif isinstance(item, dict):
+                path = item.get("path") or item.get("file")
+                name = item.get("quant") or item.get("name") or item.get("type") or item.get("outtype")
+                if isinstance(path, str) and path.endswith(".gguf"):
+                    entries.append((str(name) if name else None, path))
+    return entries
+
+
+def gguf_dir_files(directory: Path) -> dict[str, Path]:
+    """The GGUF files of an export directory: from manifest.json when it lists them, else *.gguf."""
+    files: dict[str, Path] = {}
+    manifest_path = directory / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            entries = _manifest_entries(json.loads(manifest_path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise TuneGGUFError(f"{manifest_path}: not valid JSON (line {exc.lineno}); fix or delete it") from None
+        for name, file in entries:
+            path = Path(file) if Path(file).is_absolute() else directory / file
+            files[name or quant_name(path)] = path
+    if not files:
+        files = {quant_name(p): p for p in sorted(directory.glob("*.gguf"))}
+    if not files:
+        raise TuneGGUFError(f"--gguf-dir {directory}: no .gguf files there (and no manifest.json listing any)")
+    return files
+
+
+def _looks_frozen(path: Path) -> bool:
+    """A frozen split: JSON lines of Example.to_dict() (an id and a text or instruction)."""
+    if path.suffix != ".jsonl":
+        return False
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise TuneGGUFError(f"{path}: the first row is not valid JSON") from None
+                return isinstance(row, dict) and "id" in row and ("text" in row or "instruction" in row)
+    return False
+
+
+def load_examples(data: Path, run_config: Any, out_dir: Path) -> tuple[list, list[str]]:
+    """Examples to score and the labels the data stage found (may be empty)."""
+    from tunegguf.data.example import Example
+    from tunegguf.io import read_jsonl
+
+    if _looks_frozen(data):
+        return [Example.from_dict(row) for row in read_jsonl(data)], []
+    # A raw data file: the data stage cleans it with the config's columns and label map,
+    # and the file becomes the test split as a whole.
+    try:
+        from tunegguf.data.prepare import prepare
+    except ImportError:
+        raise TuneGGUFError(
+            f"{data} is not a frozen split (JSON lines with id and text); prepare it with `tunegguf data prepare`"
+        ) from None
+    run_config.data.test = str(data)
+    prepared = prepare(run_config.data, out_dir / "data")
+    return prepared.load(run_config.evaluate.split), list(prepared.labels)
+
+
+def echo_result(result: Any) -> None:
+    for name, verdict in result.verdicts.items():
+        colour = "green" if verdict["holds"] else "red"
+        click.secho(f"{name}: {verdict['summary']}", fg=colour)
+    for warning in result.warnings:
+        click.secho(warning, fg="yellow", err=True)
+    for name, modes in result.metrics.items():
+        for mode, m in modes.items():
+            click.echo(f"{name} {mode}: accuracy {m['accuracy']:.1%}, macro-F1 {m['macro_f1']:.3f}")
+    click.echo(f"reports: {result.report_md} {result.report_html} {result.report_json}")
+
+
+@click.command("evaluate")
+@click.option("--hf", "hf_model", default=None,
+              help="HF checkpoint directory (merged, or the base of --adapter), alias or hub name "
+                   "[default: model.name of the config].")
+@click.option("--adapter", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="LoRA adapter directory to apply to --hf.")
+@click.option("--gguf", "ggufs", multiple=True, metavar="NAME=FILE", help="A GGUF to compare (repeatable).")
+@click.option("--gguf-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="Export directory: files from manifest.json when present, else every *.gguf.")
+@click.option("--data", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True,
+              help="Frozen split (.jsonl of examples), or a data file prepared with --config's data settings.")
+@click.option("--labels", default=None, help="Class names in order, comma-separated, e.g. negative,positive.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="run.yaml (model, prompt, evaluate settings).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set evaluate.bootstrap=200 (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where the reports go [default: <run_dir>/evaluate].")
+@click.option("--limit", type=int, default=None, help="Score only the first N rows.")
+@click.option("--check", is_flag=True, default=False, help="Exit with status 1 when any GGUF fails parity.")
+def evaluate_command(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
+                     check) -> None:
+    """Score the HF model and each GGUF on the same rows; write report.md/.html/.json."""
+    try:
+        result = _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit)
+    except TuneGGUFError as exc:
+        raise _UserError(str(exc)) from None
+    echo_result(result)
+    if check and not result.all_hold:
+        raise SystemExit(1)
+
+
+def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit):
+    from tunegguf.config import load_run_config
+    from tunegguf.evaluate.runner import run
+
+    config = load_run_config(config_path, list(overrides))
+    if limit is not None:
+        if limit < 1:
+            raise TuneGGUFError("--limit must be at least 1")
+        config.evaluate.limit = limit
+    out_dir = Path(out_dir) if out_dir else Path(config.run_dir) / "evaluate"
+    gguf_files = gguf_dir_files(gguf_dir) if gguf_dir else {}
+    for name, path in parse_gguf_options(ggufs).items():
+        gguf_files[name] = path
+    examples, found_labels = load_examples(data, config, out_dir)
+    if labels:
+        label_list = [x.strip() for x in labels.split(",") if x.strip()]
+    else:
+        label_list = found_labels or list(config.data.labels) or sorted({e.label for e in examples if e.label})
+    if not gguf_files:
+        click.secho("note: no --gguf or --gguf-dir given; only the HF model is scored", fg="yellow", err=True)
+    return run(
+        config.evaluate,
+        prompt=config.prompt,
+        examples=examples,
+        labels=label_list,
+        hf_model=hf_model or config.model.name,
+        adapter_dir=adapter,
+        gguf_files=gguf_files,
+        out_dir=out_dir,
+    )

@@ -1,0 +1,27 @@
+"""The evaluate stage's outputs: report.json, report.md, report.html and predictions.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunegguf.io import atomic_write_text, write_json, write_jsonl
+
+
+def write_reports(out_dir: Path, report: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write the four files atomically; return their paths by kind."""
+    from tunegguf.evaluate.report.html import render_html
+    from tunegguf.evaluate.report.markdown import render_markdown
+
+    out_dir = Path(out_dir)
+    paths = {
+        "predictions": out_dir / "predictions.jsonl",
+        "json": out_dir / "report.json",
+        "md": out_dir / "report.md",
+        "html": out_dir / "report.html",
+    }
+    write_jsonl(paths["predictions"], predictions)
+    write_json(paths["json"], report)
+    atomic_write_text(paths["md"], render_markdown(report))
+    atomic_write_text(paths["html"], render_html(report, predictions))
+    return paths

@@ -1,0 +1,92 @@
+"""report.md: the summary one pastes into a model card (tables only, no images)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunegguf.evaluate.report.tables import (
+    Table,
+    confusion_table,
+    flips_table,
+    fmt,
+    megabytes,
+    parity_table,
+    pct,
+    recall_table,
+    section_tables,
+    speed_table,
+    summary_table,
+)
+
+
+def _text(text: object) -> str:
+    # "<unparsed>" (or any data with a "<") would vanish as an HTML tag in GitHub's markdown.
+    return str(text).replace("\n", " ").replace("<", "&lt;")
+
+
+def md_table(table: Table) -> str:
+    columns, rows = table
+    if not rows:
+        return "_(none)_\n"
+
+    def cell(text: str) -> str:
+        return _text(text).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def verdict_line(name: str, report: dict[str, Any]) -> str:
+    """One line per GGUF: the verdict and the numbers behind it."""
+    v = report["verdicts"][name]
+    block = report["parity"][name]
+    nxt = block.get("next_token") or {}
+    primary = block.get("modes", {}).get(report["primary_mode"], {})
+    facts = [megabytes(block.get("size_bytes"))]
+    if primary:
+        facts.append(f"agreement {pct(primary['agreement'])}")
+        facts.append(f"{len(primary['flips'])} flips")
+    if nxt.get("mean_kl") is not None:
+        facts.append(f"mean KL {fmt(nxt['mean_kl'])}, top-1 {pct(nxt['top1_agreement'])}")
+    head = f"- **{name}** ({', '.join(facts)}): **{'parity holds' if v['holds'] else 'parity fails'}**"
+    if v["reasons"]:
+        head += " — " + "; ".join(v["reasons"])
+    return head
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    out = [
+        "# Parity report: Transformers vs GGUF\n",
+        f"{report['n_examples']} examples · labels: {', '.join(report['labels'])} · modes: "
+        f"{', '.join(report['modes'])} · tunegguf {report['tunegguf_version']} · {report['created']}\n",
+        f"Thresholds: agreement ≥ {pct(cfg['min_agreement'])}, accuracy drop (95% CI upper) ≤ "
+        f"{pct(cfg['max_accuracy_drop'])}, mean KL ≤ {cfg['max_mean_kl']}, identical token ids.\n",
+        "## Verdicts\n",
+    ]
+    out += [verdict_line(name, report) for name in report["verdicts"]] or ["_(no GGUF files compared)_"]
+    out += ["", "## Models\n", md_table(summary_table(report))]
+    out += ["## Parity with the HF model\n", md_table(parity_table(report))]
+    out += ["## Per-class recall\n", md_table(recall_table(report))]
+    out.append("## Confusion matrices\n")
+    for name, model in report["models"].items():
+        for mode, m in (model.get("metrics") or {}).items():
+            out += [f"**{name}** ({mode})\n", md_table(confusion_table(m))]
+    out.append("## Flipped examples\n")
+    limit = cfg["max_flips_shown"]
+    for name, block in report["parity"].items():
+        for mode, stats in block.get("modes", {}).items():
+            flips = stats["flips"]
+            out.append(f"**{name}** ({mode}): {len(flips)} of {stats['n']} rows answered differently from HF\n")
+            if flips:
+                out.append(md_table(flips_table(flips, report["labels"], limit)))
+    out += ["## Speed\n", md_table(speed_table(report))]
+    if report["warnings"]:
+        out.append("## Warnings\n")
+        out += [f"- {w}" for w in report["warnings"]] + [""]
+    for title, value in report["extra_sections"].items():
+        out.append(f"## {_text(title)}\n")
+        for subtitle, table in section_tables(value):
+            out += ([f"**{_text(subtitle)}**\n"] if subtitle else []) + [md_table(table)]
+    return "\n".join(out).rstrip() + "\n"

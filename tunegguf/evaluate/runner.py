@@ -1,0 +1,408 @@
+"""The evaluate stage: score the HF model, then each GGUF, one after another; compare; report.
+
+`run` renders the prompts and builds the real backends; `evaluate_backends` does the rest
+and only speaks the Backend protocol (tests drive it with fake backends).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tunegguf.data.example import Example
+from tunegguf.errors import TuneGGUFError, closest
+from tunegguf.evaluate.backends.base import Backend
+from tunegguf.evaluate.config import EvaluateConfig
+from tunegguf.evaluate.metrics import bootstrap_weights, collapse_warning, model_metrics
+from tunegguf.evaluate.parity import flipped_examples, prediction_parity, probability_parity, verdict
+from tunegguf.evaluate.scoring import ModelScores, ReferenceLogprobs, score_model
+from tunegguf.io import require_free_disk
+from tunegguf.prompts.config import PromptConfig
+from tunegguf.prompts.verbalizer import UNPARSED
+
+REFERENCE = "hf"
+
+
+@dataclass
+class ModelSpec:
+    """A model to score: how to open its backend, and what it is."""
+
+    name: str
+    kind: str
+    """"hf" (the reference, scored first) or "gguf"."""
+    open: Callable[[], Backend]
+    file: Path | None = None
+
+
+@dataclass
+class EvaluateResult:
+    out_dir: Path
+    report_json: Path
+    report_md: Path
+    report_html: Path
+    predictions: Path
+    verdicts: dict[str, dict[str, Any]]
+    """Per GGUF: holds (bool), reasons (list of str), summary (one line)."""
+    metrics: dict[str, dict[str, Any]]
+    """Per model, per mode ("labels", "generate"): the metrics in report.json."""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def all_hold(self) -> bool:
+        return bool(self.verdicts) and all(v["holds"] for v in self.verdicts.values())
+
+
+# ---- input checks ---------------------------------------------------------------------
+
+
+def check_examples(examples: Sequence[Example], labels: Sequence[str]) -> list[Example]:
+    """Every row must be a labelled classification row with a known label (one-line errors)."""
+    if not labels:
+        raise TuneGGUFError("no labels given; pass the class names in order, e.g. --labels negative,positive")
+    if len(set(labels)) != len(labels):
+        raise TuneGGUFError(f"the label list names a class twice: {list(labels)}")
+    if not examples:
+        raise TuneGGUFError("the split to evaluate has no rows")
+    seen: set[str] = set()
+    for row, example in enumerate(examples, start=1):
+        where = f"row {row} (id {example.id!r})"
+        if not example.is_classification:
+            raise TuneGGUFError(f"{where}: has no text; evaluate scores classification rows only")
+        if example.label is None:
+            raise TuneGGUFError(f"{where}: has no label; every evaluated row needs one")
+        if example.label not in labels:
+            raise TuneGGUFError(
+                f"{where}: label {example.label!r} is not one of {list(labels)}{closest(example.label, labels)}"
+            )
+        if example.id in seen:
+            raise TuneGGUFError(f"{where}: the id is used twice; ids pair the predictions of the models")
+        seen.add(example.id)
+    return list(examples)
+
+
+def select_gguf_files(gguf_files: dict[str, Path] | None, quants: Sequence[str]) -> dict[str, Path]:
+    """The GGUF files to compare: all of them, or those named in evaluate.quants."""
+    files = {str(k): Path(v) for k, v in (gguf_files or {}).items()}
+    if REFERENCE in files:
+        raise TuneGGUFError(f"a GGUF cannot be named {REFERENCE!r}: that name is the Transformers model")
+    if quants:
+        missing = [q for q in quants if q not in files]
+        if missing:
+            raise TuneGGUFError(
+                f"evaluate.quants names {missing[0]!r}, which is not among the GGUF files "
+                f"{sorted(files)}{closest(missing[0], files)}"
+            )
+        files = {q: files[q] for q in quants}
+    for name, path in files.items():
+        if not path.is_file():
+            raise TuneGGUFError(f"GGUF file for {name!r} not found: {path}")
+    return files
+
+
+# ---- the stage ------------------------------------------------------------------------
+
+
+def run(
+    config: EvaluateConfig,
+    *,
+    prompt: PromptConfig,
+    examples: Sequence[Example],
+    labels: list[str],
+    hf_model: str | Path,
+    adapter_dir: Path | None = None,
+    gguf_files: dict[str, Path] | None = None,
+    out_dir: Path,
+    extra_sections: dict | None = None,
+) -> EvaluateResult:
+    """Score the HF model (plus adapter) and each GGUF on `examples`; write the reports."""
+    labels = list(labels)
+    examples = check_examples(examples, labels)[: config.limit]
+    files = select_gguf_files(gguf_files, config.quants)
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+
+    # Heavy imports only once the inputs are known to be sound.
+    from transformers import AutoTokenizer
+
+    from tunegguf.evaluate.backends.hf import HFBackend
+    from tunegguf.evaluate.backends.llamacpp import LlamaCppBackend
+    from tunegguf.models.registry import describe_hub_error, resolve_model
+    from tunegguf.prompts.renderer import PromptRenderer, TemplateTokens
+
+    resolved = resolve_model(str(hf_model))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    except OSError as exc:
+        raise describe_hub_error(resolved.name, exc) from None
+    renderer = PromptRenderer(prompt, TemplateTokens.from_hf_tokenizer(tokenizer), labels)
+    prompts = [renderer.render(example).prompt for example in examples]
+
+    models = [
+        ModelSpec(
+            REFERENCE,
+            "hf",
+            lambda: HFBackend(resolved.path, adapter_dir, device=config.device, batch_size=config.batch_size),
+        )
+    ]
+    for name, path in files.items():
+        models.append(
+            ModelSpec(
+                name,
+                "gguf",
+                # Bind the loop variables now; a plain closure would see the last file.
+                lambda path=path, name=name: LlamaCppBackend(
+                    path, n_ctx=config.n_ctx, n_threads=config.n_threads, name=name,
+                    extra_buffers=config.llama_extra_buffers,
+                ),
+                file=path,
+            )
+        )
+    context = {"hf_model": resolved.path, "adapter_dir": str(adapter_dir) if adapter_dir else None, "prompt": prompt}
+    return evaluate_backends(
+        config,
+        examples=examples,
+        prompts=prompts,
+        labels=labels,
+        words=renderer.words,
+        models=models,
+        out_dir=Path(out_dir),
+        extra_sections=extra_sections,
+        context=context,
+    )
+
+
+def evaluate_backends(
+    config: EvaluateConfig,
+    *,
+    examples: Sequence[Example],
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    words: Sequence[str],
+    models: Sequence[ModelSpec],
+    out_dir: Path,
+    extra_sections: dict | None = None,
+    context: dict[str, Any] | None = None,
+) -> EvaluateResult:
+    """Score `models` in order (the first is the HF reference), compare, write the reports."""
+    from tunegguf.evaluate.report import write_reports
+
+    if not models or models[0].kind != "hf":
+        raise TuneGGUFError("the first model to evaluate must be the Transformers reference")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels, words = list(labels), list(words)
+    n = len(prompts)
+    scratch = Path(tempfile.mkdtemp(prefix=".reference-logprobs.", dir=out_dir))
+    store: dict[str, ReferenceLogprobs] = {}
+
+    def write_reference(start: int, rows: np.ndarray) -> None:
+        if "ref" not in store:
+            require_free_disk(out_dir, n * rows.shape[1] * 4, "the reference next-token log-probs")
+            store["ref"] = ReferenceLogprobs(scratch / "hf.npy", n, rows.shape[1])
+        store["ref"].write(start, rows)
+
+    common = dict(
+        prompts=list(prompts), labels=labels, words=words, modes=list(config.modes),
+        batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+    )
+    try:
+        scored: list[ModelScores] = []
+        # One model at a time: two runtimes computing at once would fight for the cores.
+        for spec in models:
+            scores = ModelScores(
+                name=spec.name, kind=spec.kind, file=str(spec.file) if spec.file else None,
+                size_bytes=spec.file.stat().st_size if spec.file else None,
+            )
+            if spec.kind == "hf":
+                score_model(spec.open, scores, write_reference=write_reference, **common)
+                if not scores.ok:
+                    raise TuneGGUFError(f"the Transformers model could not be scored: {scores.error}")
+            else:
+                ref = store.get("ref")
+                score_model(
+                    spec.open, scores, **common,
+                    read_reference=ref.read if ref else None,
+                    reference_vocab=ref.vocab if ref else None,
+                )
+            scored.append(scores)
+    finally:
+        for ref in store.values():
+            ref.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    report, predictions = build_report(config, examples, labels, words, scored, context or {}, extra_sections)
+    paths = write_reports(out_dir, report, predictions)
+    return EvaluateResult(
+        out_dir=out_dir,
+        report_json=paths["json"],
+        report_md=paths["md"],
+        report_html=paths["html"],
+        predictions=paths["predictions"],
+        verdicts=report["verdicts"],
+        metrics={name: block.get("metrics", {}) for name, block in report["models"].items()},
+        warnings=report["warnings"],
+    )
+
+
+# ---- report data ----------------------------------------------------------------------
+
+
+def _mode_metrics(config: EvaluateConfig, scores: ModelScores, y_true: list[str], labels: list[str],
+                  weights: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if scores.pred_labels:
+        m = model_metrics(y_true, scores.pred_labels, labels, probs=scores.probs, weights=weights,
+                          collapse_threshold=config.collapse_threshold, ece_bins=config.ece_bins)
+        m["mean_label_mass"] = float(np.mean(scores.label_mass))
+        out["labels"] = m
+    if scores.pred_generate:
+        m = model_metrics(y_true, scores.pred_generate, labels, weights=weights,
+                          collapse_threshold=config.collapse_threshold)
+        m["stopped_at_eos_rate"] = float(np.mean(scores.stopped_at_eos))
+        out["generate"] = m
+    return out
+
+
+def _tokenizer_parity(examples: Sequence[Example], ref: ModelScores, other: ModelScores) -> dict[str, Any]:
+    if not other.token_ids:
+        return {}
+    mismatched = [i for i, (a, b) in enumerate(zip(ref.token_ids, other.token_ids)) if a != b]
+    first = None
+    if mismatched:
+        i = mismatched[0]
+        a, b = ref.token_ids[i], other.token_ids[i]
+        pos = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        first = {"id": examples[i].id, "position": pos, "hf": a[pos : pos + 5], "gguf": b[pos : pos + 5]}
+    result: dict[str, Any] = {
+        "n": len(ref.token_ids),
+        "mismatched": len(mismatched),
+        "mismatch_rate": len(mismatched) / max(len(ref.token_ids), 1),
+        "mismatched_ids": [examples[i].id for i in mismatched],
+        "first_mismatch": first,
+    }
+    if ref.label_token_ids and other.label_token_ids:
+        result["hf_label_token_ids"] = ref.label_token_ids
+        result["gguf_label_token_ids"] = other.label_token_ids
+        result["label_token_ids_equal"] = ref.label_token_ids == other.label_token_ids
+    return result
+
+
+def _gguf_parity(config: EvaluateConfig, examples: Sequence[Example], labels: list[str], ref: ModelScores,
+                 other: ModelScores, weights: np.ndarray) -> dict[str, Any]:
+    y_true = [e.label for e in examples]
+    ids = [e.id for e in examples]
+    block: dict[str, Any] = {"file": other.file, "size_bytes": other.size_bytes, "error": other.error}
+    block["tokenizer"] = _tokenizer_parity(examples, ref, other)
+    if not other.ok:
+        # Partial results of a model that failed half-way would read as a parity result.
+        block["next_token"], block["modes"] = None, {}
+        return block
+    block["next_token"] = other.divergence
+    if ref.probs is not None and other.probs is not None:
+        block["label_probs"] = probability_parity(ref.probs, other.probs)
+    modes: dict[str, Any] = {}
+    for mode in config.modes:
+        ref_pred, pred = ref.predictions(mode), other.predictions(mode)
+        if not ref_pred or len(pred) != len(ref_pred):
+            continue
+        stats = prediction_parity(y_true, ref_pred, pred, weights)
+        if mode == "labels":
+            flips = flipped_examples(ids, y_true, ref_pred, pred, labels, ref.probs, other.probs)
+        else:
+            flips = flipped_examples(ids, y_true, ref_pred, pred, labels,
+                                     ref_text=ref.generations, text=other.generations)
+            stats["gguf_unparsed_rate"] = float(np.mean([p == UNPARSED for p in pred]))
+            stats["hf_unparsed_rate"] = float(np.mean([p == UNPARSED for p in ref_pred]))
+        if mode == "labels" and other.kl_per_row:
+            kl = dict(zip(ids, other.kl_per_row))
+            for row in flips:
+                row["kl"] = round(kl[row["id"]], 6)
+        stats["flips"] = flips
+        modes[mode] = stats
+    block["modes"] = modes
+    return block
+
+
+def build_report(
+    config: EvaluateConfig,
+    examples: Sequence[Example],
+    labels: list[str],
+    words: list[str],
+    scored: Sequence[ModelScores],
+    context: dict[str, Any],
+    extra_sections: dict | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """report.json's content and predictions.jsonl's rows, from the scored models."""
+    from datetime import datetime, timezone
+
+    from tunegguf import __version__
+    from tunegguf.configuration import to_dict
+
+    y_true = [e.label for e in examples]
+    weights = bootstrap_weights(len(examples), config.bootstrap, config.seed)
+    ref = scored[0]
+    models: dict[str, Any] = {}
+    warnings: list[str] = []
+    for scores in scored:
+        block: dict[str, Any] = {
+            "kind": scores.kind, "file": scores.file, "size_bytes": scores.size_bytes,
+            "status": "ok" if scores.ok else "failed", "error": scores.error, "info": scores.info,
+            "label_token_ids": scores.label_token_ids, "timing": scores.timing,
+        }
+        if scores.ok:
+            block["metrics"] = _mode_metrics(config, scores, y_true, labels, weights)
+            for mode, m in block["metrics"].items():
+                warning = collapse_warning(m, f"{scores.name} ({mode})")
+                if warning:
+                    warnings.append(warning)
+        models[scores.name] = block
+    parity = {s.name: _gguf_parity(config, examples, labels, ref, s, weights) for s in scored[1:]}
+    verdicts = {name: verdict(block, config) for name, block in parity.items()}
+    primary = "labels" if "labels" in config.modes else "generate"
+    report = {
+        "tunegguf_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_examples": len(examples),
+        "labels": labels,
+        "label_words": words,
+        "modes": list(config.modes),
+        "primary_mode": primary,
+        "label_distribution": {label: y_true.count(label) for label in labels},
+        "config": to_dict(config),
+        "context": to_dict(context),
+        "models": models,
+        "parity": parity,
+        "verdicts": verdicts,
+        "warnings": warnings,
+        "extra_sections": to_dict(extra_sections or {}),
+    }
+    return report, _prediction_rows(examples, labels, scored, primary)
+
+
+def _prediction_rows(examples: Sequence[Example], labels: list[str], scored: Sequence[ModelScores],
+                     primary: str) -> list[dict[str, Any]]:
+    rows = []
+    for scores in scored:
+        if not scores.ok:
+            continue
+        for i, example in enumerate(examples):
+            row: dict[str, Any] = {"model": scores.name, "id": example.id, "label": example.label}
+            preds = scores.predictions(primary)
+            row["pred"] = preds[i] if preds else None
+            if scores.pred_labels:
+                row["pred_labels"] = scores.pred_labels[i]
+                row["probs"] = {label: round(float(p), 6) for label, p in zip(labels, scores.probs[i])}
+                row["label_mass"] = round(float(scores.label_mass[i]), 6)
+            if scores.kl_per_row:
+                row["kl"] = round(scores.kl_per_row[i], 8)
+            if scores.pred_generate:
+                row["pred_generate"] = scores.pred_generate[i]
+                row["generated"] = scores.generations[i]
+                row["stopped_at_eos"] = scores.stopped_at_eos[i]
+            rows.append(row)
+    return rows
