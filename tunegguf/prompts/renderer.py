@@ -46,6 +46,26 @@ class TemplateTokens:
         template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
         return cls(chat_template=template, bos_token=bos, eos_token=tokenizer.eos_token, add_bos=add_bos)
 
+    @classmethod
+    def from_gguf(cls, path: Any) -> "TemplateTokens":
+        """The same facts read from a GGUF's metadata (for running a GGUF on its own)."""
+        from tunegguf.models.gguf_tokenizer import read_gguf_fields
+
+        meta = read_gguf_fields(path, [
+            "tokenizer.ggml.tokens", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.add_bos_token", "tokenizer.chat_template",
+        ])
+        tokens = meta.get("tokenizer.ggml.tokens") or []
+        if "tokenizer.ggml.eos_token_id" not in meta or not tokens:
+            raise TuneGGUFError(f"{path}: the GGUF has no tokenizer EOS; re-export it")
+        bos_id = meta.get("tokenizer.ggml.bos_token_id")
+        return cls(
+            chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=tokens[bos_id] if bos_id is not None else None,
+            eos_token=tokens[meta["tokenizer.ggml.eos_token_id"]],
+            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        )
+
     def special_tokens(self) -> dict[str, str | None]:
         return {"bos_token": self.bos_token or "", "eos_token": self.eos_token}
 

@@ -1,0 +1,113 @@
+"""Classify texts with an exported GGUF (or an HF checkpoint), exactly as the evaluator scores.
+
+Same renderer, same label tokens, same backends: a prediction here equals the label-mode
+prediction in the parity report for the same text and model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tunegguf.config import RunConfig, load_run_config
+from tunegguf.data.example import Example
+from tunegguf.errors import TuneGGUFError, closest
+from tunegguf.io import read_json
+from tunegguf.prompts import PromptConfig, PromptRenderer, TemplateTokens
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str
+    probability: float
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Predictor:
+    """What a prediction needs: a model file or directory, the prompt, the labels."""
+
+    model: Path
+    prompt: PromptConfig
+    labels: list[str]
+    n_threads: int | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.model.is_file() and self.model.suffix == ".gguf"
+
+
+def predictor_from_run(run_dir: Path, model: str | None = None) -> Predictor:
+    """Prompt and labels from a run directory; the model by quant name, path, or the default
+    (Q4_K_M if it was exported, else the smallest verified file, else the merged checkpoint)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise TuneGGUFError(f"{run_dir} is not a tunegguf run directory (no config.yaml); run `tunegguf run` first")
+    config: RunConfig = load_run_config(run_dir / "config.yaml")
+    stages = read_json(run_dir / "stages.json") if (run_dir / "stages.json").is_file() else {}
+    labels = (stages.get("data", {}).get("result") or {}).get("labels")
+    if not labels:
+        raise TuneGGUFError(f"{run_dir}: the data stage has not finished; run `tunegguf run` first")
+    exported = (stages.get("export", {}).get("result") or {})
+    files = {name: Path(path) for name, path in (exported.get("files") or {}).items()}
+    if model is None:
+        if "Q4_K_M" in files:
+            chosen = files["Q4_K_M"]
+        elif files:
+            chosen = min(files.values(), key=lambda p: p.stat().st_size)
+        elif exported.get("merged_dir"):
+            chosen = Path(exported["merged_dir"])
+        else:
+            raise TuneGGUFError(f"{run_dir}: nothing exported yet; run `tunegguf run` (or give --model)")
+    elif model in files:
+        chosen = files[model]
+    elif Path(model).exists():
+        chosen = Path(model)
+    else:
+        raise TuneGGUFError(
+            f"--model {model!r} is neither a file nor an exported quant{closest(model, files)}; "
+            f"exported: {', '.join(files) or 'none'}"
+        )
+    return Predictor(model=chosen, prompt=config.prompt, labels=list(labels), n_threads=config.evaluate.n_threads)
+
+
+def predict(predictor: Predictor, texts: Sequence[str], *, batch_size: int = 16) -> list[Prediction]:
+    """Label-probability predictions for `texts` (one forward pass each, batched)."""
+    from tunegguf.evaluate.backends.hf import HFBackend
+    from tunegguf.evaluate.backends.llamacpp import LlamaCppBackend
+    from tunegguf.evaluate.scoring import ModelScores, score_model
+
+    texts = list(texts)
+    if not texts:
+        return []
+    if predictor.is_gguf:
+        tokens = TemplateTokens.from_gguf(predictor.model)
+
+        def open_backend():
+            return LlamaCppBackend(predictor.model, n_threads=predictor.n_threads, name="gguf")
+    else:
+        from transformers import AutoTokenizer
+
+        if not (predictor.model / "config.json").is_file():
+            raise TuneGGUFError(f"{predictor.model} is neither a .gguf file nor an HF checkpoint directory")
+        tokens = TemplateTokens.from_hf_tokenizer(AutoTokenizer.from_pretrained(predictor.model))
+
+        def open_backend():
+            return HFBackend(str(predictor.model), batch_size=batch_size)
+
+    renderer = PromptRenderer(predictor.prompt, tokens, predictor.labels)
+    prompts = [renderer.render(Example(id=str(i), text=t)).prompt for i, t in enumerate(texts)]
+    scores = score_model(
+        open_backend, ModelScores(name="predict", kind="gguf" if predictor.is_gguf else "hf"),
+        prompts=prompts, labels=predictor.labels, words=renderer.words, modes=["labels"],
+        batch_size=batch_size, max_new_tokens=1,
+    )
+    if scores.error:
+        raise TuneGGUFError(scores.error)
+    out = []
+    for text, label, row in zip(texts, scores.pred_labels, scores.probs):
+        probs = {name: float(p) for name, p in zip(predictor.labels, row)}
+        out.append(Prediction(text=text, label=label, probability=probs[label], probabilities=probs))
+    return out
