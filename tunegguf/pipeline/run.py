@@ -229,8 +229,8 @@ def _data_fingerprint(prepared: Any) -> dict[str, Any]:
 
 
 def _failure_reason(exported_file: Any) -> str:
-    verify = getattr(exported_file, "verify", None)
-    failed = [c for c in getattr(verify, "checks", []) if not getattr(c, "passed", True)]
-    if failed:
-        return "; ".join(f"{c.name}: {c.detail}" for c in failed)
-    return str(getattr(verify, "error", "verification failed"))
+    verify = exported_file.verify
+    if verify is None:
+        return "not verified"
+    failed = verify.failures or [c for c in verify.checks if c.status != "pass"]
+    return "; ".join(f"{c.name}: {c.detail}" for c in failed) or verify.summary()
