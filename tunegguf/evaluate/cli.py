@@ -96,6 +96,49 @@ def gguf_dir_files(directory: Path) -> dict[str, Path]:
     return files
 
 
+def manifest_diagnostics(directory: Path) -> dict[str, Any]:
+    """From an export directory's manifest.json: the Modelfile and the weight-parity summary of
+    each GGUF (names as gguf_dir_files gives them), and the base/adapter the merge used."""
+    manifest_path = directory / "manifest.json"
+    out: dict[str, Any] = {"modelfiles": {}, "weight_parity": {}, "adapter_reference": None}
+    if not manifest_path.is_file():
+        return out
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TuneGGUFError(f"{manifest_path}: not valid JSON (line {exc.lineno}); fix or delete it") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    entries = files.values() if isinstance(files, dict) else (files if isinstance(files, list) else [])
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            continue
+        name = entry.get("quant") or quant_name(Path(entry["path"]))
+        if isinstance(entry.get("modelfile"), str) and (directory / entry["modelfile"]).is_file():
+            out["modelfiles"][name] = directory / entry["modelfile"]
+        if isinstance(entry.get("weight_parity"), dict):
+            # The per-tensor rows stay in the manifest; the report needs the verdict.
+            out["weight_parity"][name] = {k: v for k, v in entry["weight_parity"].items() if k not in ("tensors", "layers")}
+    base = manifest.get("base_dir") or manifest.get("base_model")
+    if manifest.get("adapter_dir") and base:
+        out["adapter_reference"] = (base, Path(manifest["adapter_dir"]))
+    return out
+
+
+def echo_recommendation(report_json: Path) -> None:
+    from tunegguf.evaluate.recommend import recommend
+
+    rec = recommend(json.loads(Path(report_json).read_text(encoding="utf-8")))
+    columns, rows = rec.table()
+    widths = [max(len(str(x)) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in rows:
+        click.echo("  ".join(str(x).replace("**", "").ljust(w) for x, w in zip(row, widths)))
+    if rec.choice:
+        click.secho(f"recommended: {rec.choice} — {rec.reason}", fg="green")
+    else:
+        click.secho(f"recommended: none — {rec.reason}", fg="red")
+
+
 def _looks_frozen(path: Path) -> bool:
     """A frozen split: JSON lines of Example.to_dict() (an id and a text or instruction)."""
     if path.suffix != ".jsonl":
@@ -163,19 +206,28 @@ def echo_result(result: Any) -> None:
               help="Where the reports go [default: <run_dir>/evaluate].")
 @click.option("--limit", type=int, default=None, help="Score only the first N rows.")
 @click.option("--check", is_flag=True, default=False, help="Exit with status 1 when any GGUF fails parity.")
+@click.option("--recommend", "show_recommendation", is_flag=True, default=False,
+              help="Print the smallest GGUF whose parity holds (and never one that erases the fine-tune).")
+@click.option("--stages", is_flag=True, default=False,
+              help="Also score base + adapter unmerged (base and adapter from --gguf-dir's manifest) so the "
+                   "report names the step that lost accuracy: merge, conversion or quantization.")
 def evaluate_command(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
-                     check) -> None:
+                     check, show_recommendation, stages) -> None:
     """Score the HF model and each GGUF on the same rows; write report.md/.html/.json."""
     try:
-        result = _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit)
+        result = _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
+                           stages)
     except TuneGGUFError as exc:
         raise _UserError(str(exc)) from None
     echo_result(result)
+    if show_recommendation:
+        echo_recommendation(result.report_json)
     if check and not result.all_hold:
         raise SystemExit(1)
 
 
-def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit):
+def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
+              stages=False):
     from tunegguf.config import load_run_config
     from tunegguf.evaluate.runner import run
 
@@ -186,6 +238,9 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
         config.evaluate.limit = limit
     out_dir = Path(out_dir) if out_dir else Path(config.run_dir) / "evaluate"
     gguf_files = gguf_dir_files(gguf_dir) if gguf_dir else {}
+    extras = manifest_diagnostics(gguf_dir) if gguf_dir else {"modelfiles": {}, "weight_parity": {}, "adapter_reference": None}
+    if stages and extras["adapter_reference"] is None:
+        raise TuneGGUFError("--stages needs --gguf-dir with an export manifest.json naming base_dir and adapter_dir")
     for name, path in parse_gguf_options(ggufs).items():
         gguf_files[name] = path
     examples, found_labels = load_examples(data, config, out_dir)
@@ -204,4 +259,7 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
         adapter_dir=adapter,
         gguf_files=gguf_files,
         out_dir=out_dir,
+        adapter_reference=extras["adapter_reference"] if stages else None,
+        modelfiles=extras["modelfiles"],
+        weight_parity=extras["weight_parity"] or None,
     )

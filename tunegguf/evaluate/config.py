@@ -49,6 +49,10 @@ class EvaluateConfig:
     ladder, speed); false skips matplotlib for a faster, text-only report."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the Transformers model runs (auto: CUDA when present)."""
+    template_checks: bool = True
+    """Render one prompt through the HF template, the GGUF's embedded template and the
+    Modelfile, and check BOS and stop tokens (report section "Templates and tokens");
+    a vocab-only llama.cpp load, a few seconds."""
 
     def __post_init__(self) -> None:
         if not self.modes:

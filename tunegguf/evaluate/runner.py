@@ -34,7 +34,8 @@ class ModelSpec:
 
     name: str
     kind: str
-    """"hf" (the reference, scored first) or "gguf"."""
+    """"hf" (the reference, scored first), "gguf", or "hf_adapter" (the unmerged base +
+    adapter, scored before "hf" for stage attribution only; no verdict)."""
     open: Callable[[], Backend]
     file: Path | None = None
 
@@ -118,13 +119,27 @@ def run(
     gguf_files: dict[str, Path] | None = None,
     out_dir: Path,
     extra_sections: dict | None = None,
+    adapter_reference: tuple[str | Path, Path] | None = None,
+    modelfiles: dict[str, Path] | None = None,
+    weight_parity: dict[str, dict[str, Any]] | None = None,
 ) -> EvaluateResult:
-    """Score the HF model (plus adapter) and each GGUF on `examples`; write the reports."""
+    """Score the HF model (plus adapter) and each GGUF on `examples`; write the reports.
+
+    adapter_reference: (base model, LoRA adapter dir) scored unmerged before the HF model,
+    so the report's stage table can blame "merge" separately from conversion/quantization.
+    modelfiles: Ollama Modelfile per GGUF name (checked against the training prompt).
+    weight_parity: the export manifest's weight-parity block per GGUF name (kept in
+    report.json; the recommendation never picks a file that erases the fine-tune).
+    """
     labels = list(labels)
     examples = check_examples(examples, labels)[: config.limit]
     files = select_gguf_files(gguf_files, config.quants)
     if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    if adapter_reference is not None:
+        ref_adapter = Path(adapter_reference[1])
+        if not (ref_adapter / "adapter_config.json").is_file():
+            raise TuneGGUFError(f"{ref_adapter} is not a LoRA adapter directory (no adapter_config.json)")
 
     # Heavy imports only once the inputs are known to be sound.
     from transformers import AutoTokenizer
@@ -142,7 +157,16 @@ def run(
     renderer = PromptRenderer(prompt, TemplateTokens.from_hf_tokenizer(tokenizer), labels)
     prompts = [renderer.render(example).prompt for example in examples]
 
-    models = [
+    models = []
+    if adapter_reference is not None:
+        from tunegguf.evaluate.diagnostics import ADAPTER_KIND, ADAPTER_NAME, open_unmerged_adapter
+
+        base, ref_adapter = adapter_reference
+        models.append(ModelSpec(
+            ADAPTER_NAME, ADAPTER_KIND,
+            lambda: open_unmerged_adapter(base, ref_adapter, device=config.device, batch_size=config.batch_size),
+        ))
+    models += [
         ModelSpec(
             REFERENCE,
             "hf",
@@ -163,6 +187,13 @@ def run(
             )
         )
     context = {"hf_model": resolved.path, "adapter_dir": str(adapter_dir) if adapter_dir else None, "prompt": prompt}
+    if adapter_reference is not None:
+        context["adapter_reference"] = [str(adapter_reference[0]), str(adapter_reference[1])]
+    checks = None
+    if config.template_checks and files:
+        from tunegguf.evaluate.diagnostics import template_checks_for_run
+
+        checks = template_checks_for_run(resolved.path, files, modelfiles or {}, prompt, labels, examples[0])
     return evaluate_backends(
         config,
         examples=examples,
@@ -173,6 +204,7 @@ def run(
         out_dir=Path(out_dir),
         extra_sections=extra_sections,
         context=context,
+        diagnostics={"templates": checks, "weight_parity": weight_parity},
     )
 
 
@@ -187,11 +219,20 @@ def evaluate_backends(
     out_dir: Path,
     extra_sections: dict | None = None,
     context: dict[str, Any] | None = None,
+    diagnostics: dict[str, Any] | None = None,
 ) -> EvaluateResult:
-    """Score `models` in order (the first is the HF reference), compare, write the reports."""
+    """Score `models` in order (the first is the HF reference, optionally preceded by the
+    unmerged "hf_adapter"), compare, write the reports.
+
+    diagnostics: optional {"templates": template_checks dict, "weight_parity": {name: block}}
+    copied into report.json.
+    """
+    from tunegguf.evaluate.diagnostics import ADAPTER_KIND, StageDivergence, stage_parents
     from tunegguf.evaluate.report import write_reports
 
-    if not models or models[0].kind != "hf":
+    kinds = [spec.kind for spec in models]
+    first = next((i for i, kind in enumerate(kinds) if kind != ADAPTER_KIND), len(kinds))
+    if not models or first >= len(kinds) or kinds[first] != "hf" or ADAPTER_KIND in kinds[first:]:
         raise TuneGGUFError("the first model to evaluate must be the Transformers reference")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,32 +251,41 @@ def evaluate_backends(
         prompts=list(prompts), labels=labels, words=words, modes=list(config.modes),
         batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
     )
+    parents = stage_parents([(spec.name, spec.kind, spec.file) for spec in models])
+    stages = StageDivergence(scratch, n, parents,
+                             reserve=lambda size: require_free_disk(out_dir, size, "a stage's next-token log-probs"))
     try:
         scored: list[ModelScores] = []
         # One model at a time: two runtimes computing at once would fight for the cores.
         for spec in models:
+            open_backend = stages.wrap(spec.name, spec.open)
             scores = ModelScores(
                 name=spec.name, kind=spec.kind, file=str(spec.file) if spec.file else None,
                 size_bytes=spec.file.stat().st_size if spec.file else None,
             )
-            if spec.kind == "hf":
-                score_model(spec.open, scores, write_reference=write_reference, **common)
+            if spec.kind == ADAPTER_KIND:
+                score_model(open_backend, scores, **common)
+            elif spec.kind == "hf":
+                score_model(open_backend, scores, write_reference=write_reference, **common)
                 if not scores.ok:
                     raise TuneGGUFError(f"the Transformers model could not be scored: {scores.error}")
             else:
                 ref = store.get("ref")
                 score_model(
-                    spec.open, scores, **common,
+                    open_backend, scores, **common,
                     read_reference=ref.read if ref else None,
                     reference_vocab=ref.vocab if ref else None,
                 )
             scored.append(scores)
+        stage_kl = {spec.name: stages.result(spec.name) for spec in models}
     finally:
         for ref in store.values():
             ref.close()
+        stages.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
-    report, predictions = build_report(config, examples, labels, words, scored, context or {}, extra_sections)
+    report, predictions = build_report(config, examples, labels, words, scored, context or {}, extra_sections,
+                                       stage_kl=stage_kl, diagnostics=diagnostics)
     paths = write_reports(out_dir, report, predictions)
     return EvaluateResult(
         out_dir=out_dir,
@@ -336,6 +386,8 @@ def build_report(
     scored: Sequence[ModelScores],
     context: dict[str, Any],
     extra_sections: dict | None,
+    stage_kl: dict[str, Any] | None = None,
+    diagnostics: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """report.json's content and predictions.jsonl's rows, from the scored models."""
     from datetime import datetime, timezone
@@ -345,7 +397,7 @@ def build_report(
 
     y_true = [e.label for e in examples]
     weights = bootstrap_weights(len(examples), config.bootstrap, config.seed)
-    ref = scored[0]
+    ref = next(s for s in scored if s.kind == "hf")
     models: dict[str, Any] = {}
     warnings: list[str] = []
     for scores in scored:
@@ -361,9 +413,12 @@ def build_report(
                 if warning:
                     warnings.append(warning)
         models[scores.name] = block
-    parity = {s.name: _gguf_parity(config, examples, labels, ref, s, weights) for s in scored[1:]}
+    parity = {s.name: _gguf_parity(config, examples, labels, ref, s, weights) for s in scored if s.kind == "gguf"}
     verdicts = {name: verdict(block, config) for name, block in parity.items()}
     primary = "labels" if "labels" in config.modes else "generate"
+    from tunegguf.evaluate.diagnostics import stage_table
+
+    stages = stage_table(scored, y_true, weights, mode=primary, divergence=stage_kl)
     report = {
         "tunegguf_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -380,7 +435,13 @@ def build_report(
         "verdicts": verdicts,
         "warnings": warnings,
         "extra_sections": to_dict(extra_sections or {}),
+        "stages": stages,
+        "template_checks": (diagnostics or {}).get("templates"),
+        "weight_parity": (diagnostics or {}).get("weight_parity"),
     }
+    from tunegguf.evaluate.recommend import recommend
+
+    report["recommendation"] = recommend(report).to_dict()
     return report, _prediction_rows(examples, labels, scored, primary)
 
 

@@ -13,6 +13,9 @@ from tunegguf.evaluate.report.tables import (
     parity_table,
     pct,
     recall_table,
+    recommendation_table,
+    stages_table,
+    template_checks_table,
     section_tables,
     speed_table,
     summary_table,
@@ -81,6 +84,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(f"**{name}** ({mode}): {len(flips)} of {stats['n']} rows answered differently from HF\n")
             if flips:
                 out.append(md_table(flips_table(flips, report["labels"], limit)))
+    out += diagnostics_markdown(report)
     out += ["## Speed\n", md_table(speed_table(report))]
     if report["warnings"]:
         out.append("## Warnings\n")
@@ -90,3 +94,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         for subtitle, table in section_tables(value):
             out += ([f"**{_text(subtitle)}**\n"] if subtitle else []) + [md_table(table)]
     return "\n".join(out).rstrip() + "\n"
+
+
+def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
+    """Stage attribution, template checks and the recommendation (absent in old reports)."""
+    out: list[str] = []
+    stages = report.get("stages") or {}
+    if stages.get("steps"):
+        out += ["## Where did the difference come from?\n",
+                f"Each step compared with the model it was made from ({stages['mode']} predictions; "
+                "KL over the whole vocabulary at the answer position). {}.\n".format(_text(stages["summary"])),
+                md_table(stages_table(report))]
+    checks = report.get("template_checks")
+    if checks:
+        verdict = {True: "all pass", False: "some FAIL", None: "not checked"}[checks.get("passed")]
+        out += [f"## Templates and tokens\n", f"One conversation rendered by every runtime ({verdict}; "
+                f"GGUF {_text(checks.get('gguf'))}).\n", md_table(template_checks_table(report))]
+        for title, diff in (checks.get("diffs") or {}).items():
+            out += [f"**{_text(title)}**\n", "```diff\n" + diff + "```\n"]
+    rec = report.get("recommendation")
+    if rec and rec.get("rows"):
+        choice = f"**{rec['choice']}**" if rec.get("choice") else "**none**"
+        out += ["## Recommendation\n", f"Ship {choice}: {_text(rec['reason'])}.\n", md_table(recommendation_table(report))]
+    return out

@@ -182,3 +182,44 @@ def section_tables(value: Any) -> list[tuple[str | None, Table]]:
         tables += [(str(k), generic_table(v)) for k, v in value.items() if _tabular(v)]
         return tables
     return [(None, generic_table(value))]
+
+
+# ---- diagnostics ------------------------------------------------------------------------
+
+
+def stages_table(report: dict[str, Any]) -> Table:
+    """One row per adjacent pair of the export chain (adapter -> HF -> f16 -> quants)."""
+    stages = report.get("stages") or {}
+    top = stages.get("largest_loss") or {}
+    largest = top.get("child")
+    # No step lost accuracy: the row is only the largest divergence, not a loss.
+    marker = " ← largest loss" if (top.get("accuracy_difference") or {}).get("value", 0) > 0 else " ← largest KL"
+    rows = []
+    for s in stages.get("steps", []):
+        diff = s["accuracy_difference"]
+        ci = diff.get("ci")
+        diff_text = "–" if diff["value"] is None else (
+            f"{100 * diff['value']:+.1f} pts" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+        )
+        step = s["step"] + (marker if s["child"] == largest else "")
+        rows.append([step, f"{s['parent']} → {s['child']}", pct(s["agreement"]), pct(s["accuracy_parent"]),
+                     pct(s["accuracy_child"]), diff_text, fmt(s["mean_kl"]), pct(s["top1_agreement"])])
+    return ["step", "pair", "agreement", "accuracy before", "accuracy after", "accuracy lost [95% CI]",
+            "mean KL (next token)", "top-1"], rows
+
+
+def template_checks_table(report: dict[str, Any]) -> Table:
+    checks = report.get("template_checks") or {}
+    rows = [[c["name"], {True: "pass", False: "FAIL", None: "not checked"}[c["passed"]], c["detail"]]
+            for c in checks.get("checks", [])]
+    if checks.get("error"):
+        rows.append(["template_checks", "not checked", checks["error"]])
+    return ["check", "result", "detail"], rows
+
+
+def recommendation_table(report: dict[str, Any]) -> Table:
+    from tunegguf.evaluate.recommend import LadderRow, Recommendation
+
+    rec = report.get("recommendation") or {}
+    rows = [LadderRow(**r) for r in rec.get("rows", [])]
+    return Recommendation(rec.get("choice"), rec.get("reason", ""), rows, rec.get("mode", "labels")).table()

@@ -1,0 +1,111 @@
+"""Which GGUF to ship: the smallest file whose parity verdict holds, with the table behind it.
+
+Works on report.json's content alone, so `tunegguf evaluate --recommend` and any later
+reader reach the same answer. A file whose weight parity (from the export manifest)
+says the fine-tune was erased is never recommended, whatever its label agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunegguf.evaluate.config import EvaluateConfig
+from tunegguf.evaluate.parity import verdict
+
+ERASED_VERDICT = "fine-tune largely erased"
+
+
+@dataclass
+class LadderRow:
+    quant: str
+    size_bytes: int | None
+    agreement: float | None
+    accuracy_difference: float | None
+    accuracy_difference_ci: list[float] | None
+    """HF − GGUF accuracy and its paired-bootstrap 95% interval."""
+    mean_kl: float | None
+    holds: bool
+    erased: bool | None
+    """True: weight parity says the fine-tune is erased; None: no weight-parity data."""
+    eligible: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recommendation:
+    choice: str | None
+    """The GGUF name to ship, or None when no file qualifies."""
+    reason: str
+    rows: list[LadderRow]
+    mode: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"choice": self.choice, "reason": self.reason, "mode": self.mode, "rows": [asdict(r) for r in self.rows]}
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """(columns, rows) for report.md / the CLI, smallest file first."""
+        from tunegguf.evaluate.report.tables import fmt, megabytes, pct
+
+        columns = ["quant", "size", "agreement", "HF acc − GGUF acc [95% CI]", "mean KL", "weight parity", "verdict"]
+        rows = []
+        for r in self.rows:
+            diff = "–" if r.accuracy_difference is None else f"{100 * r.accuracy_difference:+.1f} pts"
+            if r.accuracy_difference_ci:
+                lo, hi = r.accuracy_difference_ci
+                diff += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            erased = "–" if r.erased is None else ("fine-tune erased" if r.erased else "fine-tune kept")
+            mark = "**recommended**" if r.quant == self.choice else ("holds" if r.eligible else "fails")
+            rows.append([r.quant, megabytes(r.size_bytes), pct(r.agreement), diff, fmt(r.mean_kl), erased, mark])
+        return columns, rows
+
+
+def _erased(block: dict[str, Any] | None) -> bool | None:
+    if not block:
+        return None
+    if "erased" in block:
+        return bool(block["erased"])
+    text = str(block.get("verdict") or "")
+    if not text or text.startswith("not checked"):
+        return None
+    return text == ERASED_VERDICT
+
+
+def recommend(report: dict[str, Any], thresholds: EvaluateConfig | dict[str, Any] | None = None) -> Recommendation:
+    """The smallest GGUF that holds parity (re-judged with `thresholds` when given) and
+    does not erase the fine-tune; ties in size go to the lower mean KL."""
+    if isinstance(thresholds, dict):
+        thresholds = EvaluateConfig(**{k: v for k, v in thresholds.items() if k in EvaluateConfig.__dataclass_fields__})
+    mode = report.get("primary_mode", "labels")
+    weight = report.get("weight_parity") or {}
+    rows: list[LadderRow] = []
+    for name, block in (report.get("parity") or {}).items():
+        judged = verdict(block, thresholds) if thresholds is not None else report["verdicts"][name]
+        stats = (block.get("modes") or {}).get(mode) or {}
+        diff = stats.get("accuracy_difference") or {}
+        erased = _erased(weight.get(name))
+        reasons = list(judged["reasons"])
+        if erased:
+            reasons.append("weight parity: the fine-tune is largely erased in this file")
+        rows.append(LadderRow(
+            quant=name, size_bytes=block.get("size_bytes"), agreement=stats.get("agreement"),
+            accuracy_difference=diff.get("value"), accuracy_difference_ci=diff.get("ci"),
+            mean_kl=(block.get("next_token") or {}).get("mean_kl"), holds=bool(judged["holds"]), erased=erased,
+            eligible=bool(judged["holds"]) and not erased, reasons=reasons,
+        ))
+    big = float("inf")
+    rows.sort(key=lambda r: (r.size_bytes if r.size_bytes is not None else big, r.mean_kl if r.mean_kl is not None else big))
+    eligible = [r for r in rows if r.eligible]
+    if not rows:
+        return Recommendation(None, "no GGUF files were compared", rows, mode)
+    if not eligible:
+        return Recommendation(None, "no GGUF holds parity; ship none of them (see each file's reasons)", rows, mode)
+    best = eligible[0]
+    smaller = [r for r in rows if r.size_bytes is not None and best.size_bytes is not None and r.size_bytes < best.size_bytes]
+    why = f"{best.quant} is the smallest file whose parity holds"
+    if best.agreement is not None:
+        why += f" (agreement {best.agreement:.1%}"
+        why += f", mean KL {best.mean_kl:.3g})" if best.mean_kl is not None else ")"
+    if smaller:
+        why += "; smaller files fail: " + ", ".join(f"{r.quant} ({r.reasons[0] if r.reasons else 'fails'})" for r in smaller)
+    return Recommendation(best.quant, why, rows, mode)
