@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tunegguf.evaluate.cli import evaluate_command, gguf_dir_files, parse_gguf_options, quant_name
+from tunegguf.evaluate.cli import evaluate_command, parse_gguf_options
+from tunegguf.evaluate.manifest import gguf_dir_files, quant_name
 from tunegguf.errors import TuneGGUFError
 
 

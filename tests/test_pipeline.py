@@ -82,8 +82,10 @@ def test_demo_config_end_to_end(demo_run, capsys):
         assert (run_dir / name).is_file(), name
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert result.report_html.is_file() and result.report_md.is_file()
-    assert set(result.verdicts) == {"f16", "Q8_0", "Q4_K_M"}
-    assert result.verdicts["f16"]["holds"], result.verdicts["f16"]
+    assert set(result.verdicts) == {"F16", "Q8_0", "Q4_K_M"}
+    assert result.verdicts["F16"]["holds"], result.verdicts["F16"]
+    assert report["stages"]["steps"], "the stage table (merge / conversion / quantization) is in the report"
+    assert report["template_checks"], "template and BOS checks are in the report"
     history = read_jsonl(run_dir / "finetune" / "metrics.jsonl")
     baseline = next(r for r in history if r.get("kind") == "baseline")
     best = max((r for r in history if r.get("kind") == "eval"), key=lambda r: r["accuracy"])
@@ -104,7 +106,7 @@ def test_demo_rerun_skips_every_stage_and_evaluate_change_reruns_only_it(demo_ru
                               [f"run_dir={config.run_dir}", "evaluate.modes=[labels]", "evaluate.quants=[Q8_0]"])
     partial = run_pipeline(cheaper, log=lambda line: None)
     assert partial.stages_run == ["evaluate"]
-    assert set(partial.verdicts) == {"f16", "Q8_0"}
+    assert set(partial.verdicts) == {"F16", "Q8_0"}
 
 
 @pytest.mark.slow

@@ -195,20 +195,28 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
         from tunegguf import evaluate as evaluate_stage
 
         started = time.time()
+        from tunegguf.evaluate.manifest import manifest_diagnostics
+
+        # evaluate.quants narrows the comparison; the unquantized file always stays in the chain.
         files = {name: Path(path) for name, path in exported["files"].items()}
         if config.evaluate.quants:
-            files = {name: path for name, path in files.items() if name in config.evaluate.quants or name == "f16"}
+            wanted = {q.lower() for q in config.evaluate.quants} | {"f16", "bf16", "f32"}
+            files = {name: path for name, path in files.items() if name.lower() in wanted}
         examples = prepared.load(config.evaluate.split)
+        gguf_dir = Path(exported["manifest"]).parent
+        diagnostics = manifest_diagnostics(gguf_dir)
         extra = {
             "fine-tune": {k: finetuned[k] for k in ("engine", "steps", "best_step", "best_metric", "train_seconds")},
-            "zero-shot baseline (validation)": finetuned.get("baseline"),
-            "after fine-tuning (validation)": finetuned.get("final_metrics"),
-            "export manifest": read_json(Path(exported["manifest"])) if Path(exported["manifest"]).is_file() else None,
+            "zero-shot baseline (validation)": _headline(finetuned.get("baseline")),
+            "after fine-tuning (validation)": _headline(finetuned.get("final_metrics")),
         }
         report = evaluate_stage.run(
             config.evaluate, prompt=config.prompt, examples=examples, labels=prepared.labels,
             hf_model=Path(exported["merged_dir"]), gguf_files=files, out_dir=run_dir / "report",
             extra_sections=extra,
+            # The chain base+adapter -> merged -> f16 -> quants shows which step lost accuracy.
+            adapter_reference=(config.model.name, Path(finetuned["adapter_dir"])),
+            modelfiles=diagnostics["modelfiles"], weight_parity=diagnostics["weight_parity"],
         )
         evaluated = {
             "report_json": str(report.report_json), "report_md": str(report.report_md),
@@ -220,6 +228,14 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
     result.report_html = Path(evaluated["report_html"])
     result.verdicts = evaluated["verdicts"]
     return result
+
+
+def _headline(metrics: dict | None) -> dict | None:
+    """The few numbers of an in-loop evaluation worth a line in the report."""
+    if not metrics:
+        return None
+    keep = ("step", "n", "accuracy", "macro_f1", "per_class_recall", "prediction_distribution")
+    return {k: metrics[k] for k in keep if k in metrics}
 
 
 def _data_fingerprint(prepared: Any) -> dict[str, Any]:
