@@ -24,3 +24,14 @@ class ExportConfig:
     """Measure how much of the fine-tune (merged - base) each quantized file keeps."""
     erased_threshold: float = 0.5
     """A file keeping less than this share of the fine-tune delta is flagged as erasing it."""
+    threads: int | None = None
+    """CPU threads for llama.cpp while quantizing and verifying (None: llama.cpp's default
+    for quantizing, up to 4 for the checks)."""
+
+    def __post_init__(self) -> None:
+        if self.verify_max_tokens < 1:
+            raise ValueError("export.verify_max_tokens must be at least 1")
+        if not 0.0 <= self.erased_threshold <= 1.0:
+            raise ValueError("export.erased_threshold must be between 0 and 1 (a share of the fine-tune delta)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("export.threads must be at least 1 (or null for the default)")

