@@ -42,13 +42,7 @@ def last_position_logprobs(
     model.eval()
     with torch.inference_mode():
         for batch in _batches(list(prompts), batch_size):
-            ids = encode_prompts(tokenizer, batch)
-            width = max(len(x) for x in ids)
-            input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(ids), width), dtype=torch.long)
-            for row, seq in enumerate(ids):
-                input_ids[row, width - len(seq):] = torch.tensor(seq)
-                attention[row, width - len(seq):] = 1
+            input_ids, attention = _left_pad(encode_prompts(tokenizer, batch), pad_id)
             # Positions must count from each prompt's first real token, as unpadded.
             position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
             logits = model(
