@@ -84,3 +84,30 @@ def test_json_and_markdown_carry_extra_sections(hostile_run):
     assert "## notes &lt;i>" in md
     assert "| comment | &lt;img src=x onerror=alert(1)> |" in md
     assert "**q**" in md and "parity fails" in md
+
+
+def test_weight_parity_table_and_layer_plot_in_both_reports(tmp_path):
+    """The export's weight parity is shown beside the behavioural metrics (table + per-layer plot)."""
+    from tunegguf.evaluate.report.plots import weight_parity_layers
+
+    examples = [Example(id=str(i), text=f"t{i}", label=LABELS[i % 2]) for i in range(4)]
+
+    def logits(prompt: str) -> np.ndarray:
+        x = np.zeros(200)
+        x[ord("p")] = 1.0
+        return x
+
+    layers = [{"layer": str(i), "kept": 0.05 + 0.01 * i} for i in range(3)]
+    parity = {"q": {"kept": 0.065, "rel_error": 0.007, "delta_snr": 0.81, "verdict": "fine-tune largely erased",
+                    "layers": layers, "not_checked": []}}
+    specs = [ModelSpec("hf", "hf", lambda: FakeBackend("hf", logits)), ModelSpec("q", "gguf", lambda: FakeBackend("q", logits))]
+    result = evaluate_backends(
+        EvaluateConfig(bootstrap=20, modes=["labels"]), examples=examples, prompts=[f"Q {i}: " for i in range(4)],
+        labels=LABELS, words=LABELS, models=specs, out_dir=tmp_path / "eval",
+        diagnostics={"weight_parity": parity},
+    )
+    md = result.report_md.read_text()
+    assert "## Weight-space parity" in md and "| q | 0.065 | 0.007 | 0.81 | fine-tune largely erased | 0 |" in md
+    html = result.report_html.read_text()
+    assert "Weight-space parity per layer" in html and "fine-tune largely erased" in html
+    assert weight_parity_layers(json.loads(result.report_json.read_text())) is not None

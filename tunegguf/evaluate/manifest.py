@@ -90,8 +90,8 @@ def manifest_diagnostics(directory: Path) -> dict[str, Any]:
         if isinstance(entry.get("modelfile"), str) and (directory / entry["modelfile"]).is_file():
             out["modelfiles"][name] = directory / entry["modelfile"]
         if isinstance(entry.get("weight_parity"), dict):
-            # The per-tensor rows stay in the manifest; the report needs the verdict.
-            out["weight_parity"][name] = {k: v for k, v in entry["weight_parity"].items() if k not in ("tensors", "layers")}
+            # The per-tensor rows stay in the manifest; the report needs the verdict and the layers.
+            out["weight_parity"][name] = {k: v for k, v in entry["weight_parity"].items() if k != "tensors"}
     base = manifest.get("base_dir") or manifest.get("base_model")
     if manifest.get("adapter_dir") and base:
         out["adapter_reference"] = (base, Path(manifest["adapter_dir"]))

@@ -16,6 +16,7 @@ from tunegguf.evaluate.report.tables import (
     recommendation_table,
     stages_table,
     template_checks_table,
+    weight_parity_table,
     section_tables,
     speed_table,
     summary_table,
@@ -112,6 +113,10 @@ def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
                 f"GGUF {_text(checks.get('gguf'))}).\n", md_table(template_checks_table(report))]
         for title, diff in (checks.get("diffs") or {}).items():
             out += [f"**{_text(title)}**\n", "```diff\n" + diff + "```\n"]
+    if weight_parity_table(report)[1]:
+        out += ["## Weight-space parity\n", "Share of the fine-tune (merged − base) kept in each file's "
+                "dequantized weights, before any inference; below the threshold the file erases the fine-tune.\n",
+                md_table(weight_parity_table(report))]
     rec = report.get("recommendation")
     if rec and rec.get("rows"):
         choice = f"**{rec['choice']}**" if rec.get("choice") else "**none**"

@@ -147,6 +147,28 @@ def speed(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
+def weight_parity_layers(report: dict[str, Any]) -> str | None:
+    """Fine-tune delta kept per layer, one line per GGUF (a quant that erases it sits near 0)."""
+    series = []
+    for name, block in (report.get("weight_parity") or {}).items():
+        layers = [row for row in (block or {}).get("layers") or [] if str(row.get("layer", "")).isdigit()]
+        if layers:
+            layers.sort(key=lambda row: int(row["layer"]))
+            series.append((name, [int(r["layer"]) for r in layers], [r["kept"] for r in layers]))
+    if not series:
+        return None
+    fig = _figure(6.4, 3.0)
+    ax = fig.subplots()
+    for name, xs, ys in series:
+        ax.plot(xs, ys, marker=".", label=name)
+    ax.axhline(1.0, color="#888", lw=0.8, ls="--")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("fine-tune delta kept")
+    ax.legend(fontsize=7, ncol=4)
+    ax.set_title("weight-space parity per layer", fontsize=10)
+    return _png(fig)
+
+
 def all_plots(report: dict[str, Any], predictions: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(title, base64 PNG) for every figure that has data."""
     figures = [
@@ -154,5 +176,6 @@ def all_plots(report: dict[str, Any], predictions: list[dict[str, Any]]) -> list
         ("Label probability: HF vs each GGUF", probability_scatter(report, predictions)),
         ("Quant ladder", quant_ladder(report)),
         ("Speed", speed(report)),
+        ("Weight-space parity per layer", weight_parity_layers(report)),
     ]
     return [(title, png) for title, png in figures if png]

@@ -217,6 +217,18 @@ def template_checks_table(report: dict[str, Any]) -> Table:
     return ["check", "result", "detail"], rows
 
 
+def weight_parity_table(report: dict[str, Any]) -> Table:
+    """Per GGUF: how much of the fine-tune (merged - base) survives in the quantized weights."""
+    rows = []
+    for name, block in (report.get("weight_parity") or {}).items():
+        if not block:
+            continue
+        not_checked = block.get("not_checked") or []
+        rows.append([name, fmt(block.get("kept")), fmt(block.get("rel_error")), fmt(block.get("delta_snr")),
+                     str(block.get("verdict", "–")), str(len(not_checked)) if not_checked else "0"])
+    return ["GGUF", "fine-tune delta kept", "relative error", "delta SNR", "verdict", "tensors not checked"], rows
+
+
 def recommendation_table(report: dict[str, Any]) -> Table:
     from tunegguf.evaluate.recommend import LadderRow, Recommendation
 
