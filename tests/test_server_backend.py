@@ -115,3 +115,33 @@ def test_server_scores_labels_like_the_in_process_backend(server_url, smollm2_di
     # The label tokens are among the top 20 here, so their log-probs are the server's exact values.
     np.testing.assert_allclose(lp[:, label_ids], local_lp[:, label_ids], atol=2e-2)
     assert server.generate(prompts[:2], 3) == local_gen
+
+
+@pytest.mark.slow
+def test_evaluate_cli_scores_a_running_server_like_the_gguf(server_url, smollm2_dir, smollm2_f16_gguf, tmp_path):
+    """`tunegguf evaluate --server NAME=URL`: the deployed server sits in the report beside the file."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tunegguf.evaluate.cli import evaluate_command
+    from tunegguf.io import read_jsonl
+
+    texts = ["One long string of cliches.", "A gorgeous, witty, seductive movie.", "Dull and lifeless.",
+             "I loved every minute.", "The plot makes no sense.", "Warm and funny."]
+    data = tmp_path / "split.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "text": t, "label": ["negative", "positive"][i % 2]}) + "\n"
+                            for i, t in enumerate(texts)))
+    result = CliRunner().invoke(evaluate_command, [
+        "--hf", str(smollm2_dir), "--gguf", f"f16={smollm2_f16_gguf}", "--server", f"deployed={server_url}",
+        "--data", str(data), "--labels", "negative,positive", "--out", str(tmp_path / "out"),
+        "--set", "evaluate.modes=[labels]", "--set", "evaluate.bootstrap=20", "--set", "evaluate.n_threads=1",
+    ])
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    by_model = {m: [r["pred_labels"] for r in rows if r["model"] == m] for m in ("f16", "deployed")}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(by_model["deployed"]) == len(texts), report["models"]["deployed"].get("error")
+    assert by_model["deployed"] == by_model["f16"]
+    bad = CliRunner().invoke(evaluate_command, ["--data", str(data), "--server", "nourl"])
+    assert bad.exit_code == 2 and "expected NAME=URL" in bad.output

@@ -124,12 +124,15 @@ def echo_result(result: Any) -> None:
 @click.option("--stages", is_flag=True, default=False,
               help="Also score base + adapter unmerged (base and adapter from --gguf-dir's manifest) so the "
                    "report names the step that lost accuracy: merge, conversion or quantization.")
+@click.option("--server", "servers", multiple=True, metavar="NAME=URL",
+              help="A running OpenAI-compatible llama.cpp server to score like a GGUF, e.g. "
+                   "deployed=http://127.0.0.1:8080 (repeatable).")
 def evaluate_command(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
-                     check, show_recommendation, stages) -> None:
+                     check, show_recommendation, stages, servers) -> None:
     """Score the HF model and each GGUF on the same rows; write report.md/.html/.json."""
     try:
         result = _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
-                           stages)
+                           stages, servers)
     except TuneGGUFError as exc:
         raise _UserError(str(exc)) from None
     echo_result(result)
@@ -140,7 +143,7 @@ def evaluate_command(hf_model, adapter, ggufs, gguf_dir, data, labels, config_pa
 
 
 def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
-              stages=False):
+              stages=False, servers=()):
     from tunegguf.config import load_run_config
     from tunegguf.evaluate.runner import run
 
@@ -161,7 +164,7 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
         label_list = [x.strip() for x in labels.split(",") if x.strip()]
     else:
         label_list = found_labels or list(config.data.labels) or sorted({e.label for e in examples if e.label})
-    if not gguf_files:
+    if not gguf_files and not servers:
         click.secho("note: no --gguf or --gguf-dir given; only the HF model is scored", fg="yellow", err=True)
     return run(
         config.evaluate,
@@ -175,4 +178,15 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
         adapter_reference=extras["adapter_reference"] if stages else None,
         modelfiles=extras["modelfiles"],
         weight_parity=extras["weight_parity"] or None,
+        servers=_parse_servers(servers),
     )
+
+
+def _parse_servers(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values or ():
+        name, sep, url = value.partition("=")
+        if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
+            raise TuneGGUFError(f"--server {value!r}: expected NAME=URL, e.g. deployed=http://127.0.0.1:8080")
+        out[name.strip()] = url.strip()
+    return out

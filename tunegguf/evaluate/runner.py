@@ -6,6 +6,7 @@ and only speaks the Backend protocol (tests drive it with fake backends).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ def run(
     adapter_reference: tuple[str | Path, Path] | None = None,
     modelfiles: dict[str, Path] | None = None,
     weight_parity: dict[str, dict[str, Any]] | None = None,
+    servers: dict[str, str] | None = None,
 ) -> EvaluateResult:
     """Score the HF model (plus adapter) and each GGUF on `examples`; write the reports.
 
@@ -130,6 +132,8 @@ def run(
     modelfiles: Ollama Modelfile per GGUF name (checked against the training prompt).
     weight_parity: the export manifest's weight-parity block per GGUF name (kept in
     report.json; the recommendation never picks a file that erases the fine-tune).
+    servers: name -> URL of running OpenAI-compatible llama.cpp servers, scored like a GGUF
+    (label log-probs from the server's top-k), so the report covers the server you deploy.
     """
     labels = list(labels)
     examples = check_examples(examples, labels)[: config.limit]
@@ -186,6 +190,14 @@ def run(
                 file=path,
             )
         )
+    if servers:
+        from tunegguf.evaluate.backends.server import ServerBackend
+
+        # Servers do not report their vocabulary; the HF model's logits width is the one to match.
+        config_json = Path(resolved.path) / "config.json"
+        vocab = (json.loads(config_json.read_text()).get("vocab_size") if config_json.is_file() else None) or len(tokenizer)
+        for name, url in servers.items():
+            models.append(ModelSpec(name, "gguf", lambda url=url, name=name: ServerBackend(url, name=name, vocab_size=vocab)))
     context = {"hf_model": resolved.path, "adapter_dir": str(adapter_dir) if adapter_dir else None, "prompt": prompt}
     if adapter_reference is not None:
         context["adapter_reference"] = [str(adapter_reference[0]), str(adapter_reference[1])]
