@@ -197,11 +197,8 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
         started = time.time()
         from tunegguf.evaluate.manifest import manifest_diagnostics
 
-        # evaluate.quants narrows the comparison; the unquantized file always stays in the chain.
+        # evaluate.quants (applied by the evaluate stage) narrows which files are compared.
         files = {name: Path(path) for name, path in exported["files"].items()}
-        if config.evaluate.quants:
-            wanted = {q.lower() for q in config.evaluate.quants} | {"f16", "bf16", "f32"}
-            files = {name: path for name, path in files.items() if name.lower() in wanted}
         examples = prepared.load(config.evaluate.split)
         gguf_dir = Path(exported["manifest"]).parent
         diagnostics = manifest_diagnostics(gguf_dir)
