@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,17 +27,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import TARGETS, peak_rss_mb  # noqa: E402
 SST2 = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM). ru_maxrss would also count the RSS a parent had
-    when it forked this process, which Linux carries across exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def train_sst2_adapter(base_dir: Path, target: Path, steps: int, batch: int = 16, lr: float = 1e-3) -> dict:

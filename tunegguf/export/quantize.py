@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from tunegguf.processes import signal_name
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.io import atomic_path, require_free_disk
 
@@ -56,11 +56,7 @@ def expected_size(src_bytes: int, src_bits: float, quant: str) -> int:
 
 def _describe_exit(returncode: int, log: str) -> str:
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"llama.cpp was killed by {name}"
+        return f"llama.cpp was killed by {signal_name(returncode)}"
     lines = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
     return (errors or lines or [f"exit status {returncode}"])[-1]

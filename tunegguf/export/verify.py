@@ -8,7 +8,6 @@ per finished check. Whatever the child does (segfault, abort, hang) the caller g
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tunegguf.processes import signal_name
 from tunegguf.errors import TuneGGUFError
 from tunegguf.export.verify_worker import CHECKS
 from tunegguf.io import read_jsonl, write_json
@@ -79,11 +79,7 @@ def _crash_reason(returncode: int | None, stderr: str, timeout_s: float) -> str:
     if returncode is None:
         return f"the check process did not finish within {timeout_s:.0f} s and was stopped"
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"the check process was killed by {name} (a crash inside llama.cpp)"
+        return f"the check process was killed by {signal_name(returncode)} (a crash inside llama.cpp)"
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     return f"the check process exited with status {returncode}: {lines[-1] if lines else 'no output'}"
 

@@ -8,7 +8,6 @@ and llama.cpp beside a busy torch in one process runs 10-20x slower (NOTES.md).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tunegguf.processes import signal_name
 from tunegguf.errors import TuneGGUFError
 
 _WORKER_MODULE = "tunegguf.evaluate.backends.llamacpp_worker"
@@ -141,7 +141,7 @@ class LlamaCppBackend:
         self._log.close()
         detail = f": {last}" if last else ""
         if code < 0:
-            return TuneGGUFError(f"llama.cpp crashed on {self.path} (signal {-code}) [{_signal_name(-code)}]{detail}")
+            return TuneGGUFError(f"llama.cpp crashed on {self.path} (signal {-code}) [{signal_name(-code)}]{detail}")
         return TuneGGUFError(f"the llama.cpp worker for {self.path} exited with status {code}{detail}")
 
     def _last_log_line(self) -> str:
@@ -158,8 +158,4 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "unknown signal"
+
