@@ -211,23 +211,15 @@ def open_unmerged_adapter(base: str | Path, adapter_dir: str | Path, *, device: 
                           batch_size: int = 16) -> Any:
     """An HFBackend whose model is base + LoRA adapter, NOT merged (PEFT applies the
     low-rank update on the fly), so the merge itself is a measured step of the chain."""
+    from tunegguf.evaluate.backends.hf import HFBackend, attach_adapter
     from tunegguf.errors import TuneGGUFError
-    from tunegguf.evaluate.backends.hf import HFBackend
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
     backend = HFBackend(base, None, device=device, batch_size=batch_size, name=ADAPTER_NAME)
-    from peft import PeftModel
-
-    try:
-        backend.model = PeftModel.from_pretrained(backend.model, str(adapter_dir)).eval()
-    except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TuneGGUFError(
-            f"the adapter in {adapter_dir} does not fit the base model {base} ({first[:200]}); "
-            "pass the base it was trained on"
-        ) from None
+    backend.model = attach_adapter(backend.model, adapter_dir, merge=False,
+                                    hint=f"the base model here is {base}; pass the base it was trained on")
     backend.info.update({"adapter": str(adapter_dir), "merged": False})
     return backend
 

@@ -116,7 +116,7 @@ class HFBackend:
         except OSError as exc:
             raise describe_hub_error(resolved.name, exc) from None
         if adapter_dir is not None:
-            self.model = _attach_adapter(self.model, Path(adapter_dir))
+            self.model = attach_adapter(self.model, Path(adapter_dir))
         self.model.to(device).eval()
         self.name = name
         self.batch_size = batch_size
@@ -168,18 +168,20 @@ class HFBackend:
         gc.collect()
 
 
-def _attach_adapter(model: Any, adapter_dir: Path) -> Any:
-    """Base + LoRA adapter, merged: the same weights the GGUF export writes."""
+def attach_adapter(model: Any, adapter_dir: Path, *, merge: bool = True,
+                    hint: str = "pass the base it was trained on with --hf") -> Any:
+    """Base + LoRA adapter: merged (the same weights the GGUF export writes), or unmerged
+    (PEFT applies the low-rank update on the fly) so the merge itself can be measured."""
     if not (adapter_dir / "adapter_config.json").is_file():
         raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
     from peft import PeftModel
 
     try:
-        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        attached = PeftModel.from_pretrained(model, str(adapter_dir))
+        return attached.merge_and_unload() if merge else attached.eval()
     except (RuntimeError, ValueError, KeyError) as exc:
         # Typically a shape mismatch: the adapter was trained on another base model.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TuneGGUFError(
-            f"the adapter in {adapter_dir} does not fit this base model ({first[:200]}); "
-            "pass the base it was trained on with --hf"
+            f"the adapter in {adapter_dir} does not fit this base model ({first[:200]}); {hint}"
         ) from None
