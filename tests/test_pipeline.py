@@ -82,8 +82,14 @@ def test_demo_config_end_to_end(demo_run, capsys):
         assert (run_dir / name).is_file(), name
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert result.report_html.is_file() and result.report_md.is_file()
-    assert set(result.verdicts) == {"F16", "Q8_0", "Q4_K_M"}
+    assert set(result.verdicts) == {"F16", "Q8_0", "Q4_K_M", "Q4_K_M-imat"}
     assert result.verdicts["F16"]["holds"], result.verdicts["F16"]
+    # The importance matrix came from the training split only, and the report compares the two Q4_K_M files.
+    manifest = json.loads((run_dir / "export" / "gguf" / "manifest.json").read_text())
+    train_rows = len(read_jsonl(run_dir / "data" / "train.jsonl"))
+    assert (run_dir / "export" / "gguf" / "imatrix.gguf").is_file()
+    assert manifest["imatrix"]["rows"] == min(train_rows, config.export.imatrix_rows)
+    assert "## Importance matrix" in result.report_md.read_text()
     assert report["stages"]["steps"], "the stage table (merge / conversion / quantization) is in the report"
     assert report["template_checks"], "template and BOS checks are in the report"
     history = read_jsonl(run_dir / "finetune" / "metrics.jsonl")

@@ -37,15 +37,24 @@ def parse_gguf_options(values: tuple[str, ...]) -> dict[str, Path]:
     return files
 
 
-def echo_recommendation(report_json: Path) -> None:
-    from tunegguf.evaluate.recommend import recommend
-
-    rec = recommend(json.loads(Path(report_json).read_text(encoding="utf-8")))
-    columns, rows = rec.table()
+def _echo_table(columns: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(x)) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(columns)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in rows:
         click.echo("  ".join(str(x).replace("**", "").ljust(w) for x, w in zip(row, widths)))
+
+
+def echo_recommendation(report_json: Path) -> None:
+    from tunegguf.evaluate.recommend import recommend
+    from tunegguf.evaluate.report.tables import imatrix_table
+
+    report = json.loads(Path(report_json).read_text(encoding="utf-8"))
+    rec = recommend(report)
+    _echo_table(*rec.table())
+    imatrix_columns, imatrix_rows = imatrix_table({**report, "recommendation": rec.to_dict()})
+    if imatrix_rows:
+        click.echo("\nimportance matrix (plain → imatrix):")
+        _echo_table(imatrix_columns, imatrix_rows)
     if rec.choice:
         click.secho(f"recommended: {rec.choice} — {rec.reason}", fg="green")
     else:

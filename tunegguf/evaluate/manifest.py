@@ -9,16 +9,18 @@ from typing import Any
 
 from tunegguf.errors import TuneGGUFError
 
-_QUANT_SUFFIX = re.compile(r"(?:^|[-_.])((?:b?f(?:16|32))|(?:i?q\d[a-z0-9_]*))$", re.IGNORECASE)
+_QUANT_SUFFIX = re.compile(r"(?:^|[-_.])((?:b?f(?:16|32))|(?:i?q\d[a-z0-9_]*?))(-imat)?$", re.IGNORECASE)
 
 
 def quant_name(path: Path) -> str:
-    """'model-Q4_K_M.gguf' -> 'Q4_K_M', 'smollm2-f16.gguf' -> 'f16', otherwise the stem."""
+    """'model-Q4_K_M.gguf' -> 'Q4_K_M', 'model-Q4_0-imat.gguf' -> 'Q4_0-imat',
+    'smollm2-f16.gguf' -> 'f16', otherwise the stem."""
     match = _QUANT_SUFFIX.search(path.stem)
     if not match:
         return path.stem
     name = match.group(1)
-    return name.lower() if name.lower() in ("f16", "bf16", "f32") else name.upper()
+    name = name.lower() if name.lower() in ("f16", "bf16", "f32") else name.upper()
+    return name + ("-imat" if match.group(2) else "")
 
 
 def _manifest_entries(manifest: Any) -> list[tuple[str | None, str]]:

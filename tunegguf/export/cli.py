@@ -36,9 +36,11 @@ def export_group() -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Output directory (default: <run_dir>/export).")
 @click.option("--quants", default=None, help="Comma-separated quant types, e.g. Q8_0,Q4_K_M (overrides export.quants).")
 @click.option("--labels", default=None, help="Comma-separated label words of a classifier: the checks use a classification prompt, the Modelfiles temperature 0.")
+@click.option("--imatrix-quants", default=None, help="Comma-separated quant types also written with an importance matrix, e.g. Q4_K_M,Q4_0 (overrides export.imatrix_quants).")
+@click.option("--imatrix-data", type=click.Path(path_type=Path), default=None, help="Training rows for the importance matrix: a prepared split such as runs/demo/data/train.jsonl.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="Run config YAML.")
 @click.option("--set", "overrides", multiple=True, help="KEY=VALUE override, e.g. export.verify_max_tokens=32.")
-def run_command(base, adapter, out, quants, labels, config_path, overrides) -> None:
+def run_command(base, adapter, out, quants, labels, imatrix_quants, imatrix_data, config_path, overrides) -> None:
     """Export a merged model to verified GGUF files (f16 + each quant), Modelfiles and a manifest."""
     from tunegguf.config import load_run_config
     from tunegguf.export.stage import run
@@ -47,10 +49,21 @@ def run_command(base, adapter, out, quants, labels, config_path, overrides) -> N
         config = load_run_config(config_path, list(overrides))
         if quants is not None:
             config.export.quants = [q.strip() for q in quants.split(",") if q.strip()]
+        if imatrix_quants is not None:
+            config.export.imatrix_quants = [q.strip() for q in imatrix_quants.split(",") if q.strip()]
         label_list = [w.strip() for w in labels.split(",") if w.strip()] if labels else None
+        calibration = None
+        if imatrix_data is not None:
+            from tunegguf.data.prepare import load_split
+
+            if imatrix_data.suffix != ".jsonl":
+                raise TuneGGUFError(f"--imatrix-data {imatrix_data}: expected a prepared split (.jsonl, e.g. "
+                                    "runs/<name>/data/train.jsonl); run `tunegguf data prepare` on raw files first")
+            calibration = load_split(imatrix_data)
         result = run(
             config.export, base_model=base or config.model.name, adapter_dir=adapter,
             out_dir=out or Path(config.run_dir) / "export", prompt=config.prompt, labels=label_list,
+            calibration=calibration,
         )
     except TuneGGUFError as exc:
         raise _UserError(str(exc)) from None

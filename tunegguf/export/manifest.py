@@ -62,11 +62,14 @@ class Manifest:
     def files(self) -> dict[str, dict[str, Any]]:
         return self.data["files"]
 
-    def reusable(self, file: Path, *, quant: str, source_sha256: str) -> dict[str, Any] | None:
-        """The entry of `file` if it was made from the same source as the same quant and
-        the bytes on disk are still those recorded."""
+    def reusable(self, file: Path, *, quant: str, source_sha256: str,
+                 imatrix_sha256: str | None = None) -> dict[str, Any] | None:
+        """The entry of `file` if it was made from the same source (and importance matrix)
+        as the same quant and the bytes on disk are still those recorded."""
         entry = self.files.get(file.name)
         if not entry or entry.get("quant") != quant or entry.get("source_sha256") != source_sha256:
+            return None
+        if entry.get("imatrix_sha256") != imatrix_sha256:
             return None
         if not file.is_file() or file.stat().st_size != entry.get("size"):
             return None

@@ -2,7 +2,11 @@
 
 A crash inside llama.cpp (abort on a bad tensor, out of memory) kills only the child; the
 caller gets one line naming the signal or the error. Run as a module, this file is the
-child: `python -m tunegguf.export.quantize SRC DST Q4_K_M [--threads N]`.
+child: `python -m tunegguf.export.quantize SRC DST Q4_K_M [--threads N] [--imatrix FILE]`.
+
+With an importance matrix (llama.cpp's GGUF imatrix format, see `imatrix.py`) the
+quantizer weights each column's rounding error by its activations, as `llama-quantize
+--imatrix` does; the file records it under `quantize.imatrix.*` like llama-quantize's.
 """
 
 from __future__ import annotations
@@ -62,8 +66,10 @@ def _describe_exit(returncode: int, log: str) -> str:
     return (errors or lines or [f"exit status {returncode}"])[-1]
 
 
-def quantize_gguf(src: Path, dst: Path, quant: str, *, src_bits: float = 16, threads: int | None = None) -> Path:
-    """Write `dst` (atomically) as `quant` from the unquantized GGUF `src`."""
+def quantize_gguf(src: Path, dst: Path, quant: str, *, src_bits: float = 16, threads: int | None = None,
+                  imatrix: Path | None = None) -> Path:
+    """Write `dst` (atomically) as `quant` from the unquantized GGUF `src`, weighting the
+    rounding by the importance matrix file `imatrix` when one is given."""
     src, dst = Path(src), Path(dst)
     quant = resolve_quant(quant)
     if not src.is_file():
@@ -73,6 +79,8 @@ def quantize_gguf(src: Path, dst: Path, quant: str, *, src_bits: float = 16, thr
         cmd = [sys.executable, "-m", "tunegguf.export.quantize", str(src), str(tmp), quant]
         if threads:
             cmd += ["--threads", str(threads)]
+        if imatrix is not None:
+            cmd += ["--imatrix", str(imatrix)]
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         if proc.returncode != 0:
             raise TuneGGUFError(f"quantizing {src.name} to {quant} failed: {_describe_exit(proc.returncode, proc.stdout + proc.stderr)}")
@@ -90,15 +98,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dst")
     parser.add_argument("quant")
     parser.add_argument("--threads", type=int, default=0, help="0: llama.cpp's default (all cores)")
+    parser.add_argument("--imatrix", default=None, help="GGUF importance matrix file")
     args = parser.parse_args(argv)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quant_types()[args.quant.upper()]
     params.nthread = args.threads
+    keep_alive = []  # the C arrays must outlive the call
+    if args.imatrix:
+        keep_alive = _set_imatrix(params, Path(args.imatrix))
     rc = llama_cpp.llama_model_quantize(os.fsencode(args.src), os.fsencode(args.dst), ctypes.byref(params))
     if rc != 0:
         print(f"error: llama_model_quantize returned {rc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _set_imatrix(params, path: Path) -> list:
+    """Point `params` at the importance matrix in `path` (null-terminated C arrays, as
+    llama-quantize builds them) and record it in the output's header."""
+    import ctypes
+
+    import llama_cpp
+
+    from tunegguf.export.imatrix import read_imatrix
+
+    matrix = read_imatrix(path)
+    means = matrix.means()
+    entries = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
+    buffers = []
+    for i, (name, values) in enumerate(sorted(means.items())):
+        buffer = (ctypes.c_float * len(values)).from_buffer_copy(values.astype("float32").tobytes())
+        buffers.append(buffer)
+        entries[i].name = name.encode()
+        entries[i].data = ctypes.cast(buffer, ctypes.POINTER(ctypes.c_float))
+        entries[i].size = len(values)
+    params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+
+    # The same keys llama-quantize writes, so any GGUF reader can tell the file used one.
+    metadata = [
+        ("quantize.imatrix.file", path.name),
+        ("quantize.imatrix.dataset", ", ".join(matrix.datasets) or "unknown"),
+        ("quantize.imatrix.entries_count", len(means)),
+        ("quantize.imatrix.chunks_count", int(matrix.chunks)),
+    ]
+    overrides = (llama_cpp.llama_model_kv_override * (len(metadata) + 1))()
+    for i, (key, value) in enumerate(metadata):
+        overrides[i].key = key.encode()
+        if isinstance(value, int):
+            overrides[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            overrides[i].value.val_i64 = value
+        else:
+            overrides[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            overrides[i].value.val_str = value.encode()[:127]
+    params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    return [entries, buffers, overrides]
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """The export stage: merge -> f16 GGUF -> quants -> verify -> weight parity -> Modelfiles.
 
 Layout under out_dir: merged/ (HF checkpoint), gguf/model-<outtype>.gguf,
-gguf/model-<QUANT>.gguf, gguf/Modelfile.<QUANT>, gguf/manifest.json and, with lora_gguf,
-gguf/adapter-lora.gguf. A file counts as exported only when every check passed.
+gguf/model-<QUANT>.gguf, gguf/Modelfile.<QUANT>, gguf/manifest.json; with imatrix_quants
+gguf/imatrix.gguf and gguf/model-<QUANT>-imat.gguf; with lora_gguf gguf/adapter-lora.gguf. A file counts as exported only when every check passed.
 """
 
 from __future__ import annotations
 
+import random
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from tunegguf.configuration import to_dict
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.export.config import ExportConfig
+from tunegguf.export.imatrix import SUFFIX as IMATRIX_SUFFIX
+from tunegguf.export.imatrix import is_imatrix_label, plain_quant
 from tunegguf.export.manifest import Manifest, checkpoint_sha256, tool_versions
 from tunegguf.export.parity import WeightParity, base_source_quant, weight_parity
 from tunegguf.export.verify import VerifyResult, verify_files
@@ -41,6 +45,8 @@ class ExportedFile:
     reused: bool = False
     """True when the manifest showed the file already made from the same source."""
     metadata_fixes: list[str] = field(default_factory=list)
+    imatrix_sha256: str | None = None
+    """The importance matrix the file was quantized with (None: plain quantization)."""
 
 
 @dataclass
@@ -107,6 +113,40 @@ def plan_quants(config: ExportConfig) -> list[str]:
     return names
 
 
+def plan_imatrix_quants(config: ExportConfig) -> list[str]:
+    """Canonical names of the quants also written with an importance matrix."""
+    from tunegguf.export.quantize import resolve_quant
+
+    names = []
+    for quant in config.imatrix_quants:
+        canonical = resolve_quant(quant)
+        if canonical in ("F16", "BF16", "F32"):
+            raise TuneGGUFError(
+                f"export.imatrix_quants: {canonical} is not quantized, so an importance matrix changes nothing; "
+                "list quant types such as Q4_K_M or Q4_0"
+            )
+        if canonical not in names:
+            names.append(canonical)
+    return names
+
+
+def calibration_texts(tokenizer: Any, prompt: PromptConfig | None, labels: list[str] | None,
+                      rows: list[Example], limit: int) -> list[str]:
+    """Training rows rendered exactly as fine-tuning saw them (prompt + answer), at most
+    `limit` of them, drawn with a fixed seed so a re-run collects the same matrix."""
+    from tunegguf.prompts import PromptRenderer, TemplateTokens
+
+    if len(rows) > limit:
+        picked = sorted(random.Random(0).sample(range(len(rows)), limit))
+        rows = [rows[i] for i in picked]
+    renderer = PromptRenderer(prompt or PromptConfig(), TemplateTokens.from_hf_tokenizer(tokenizer), labels)
+    texts = []
+    for example in rows:
+        rendered = renderer.render(example)
+        texts.append(rendered.prompt + rendered.target)
+    return texts
+
+
 def verification_prompt(tokenizer: Any, prompt: PromptConfig | None, labels: list[str] | None,
                         sample: Example | None) -> str | None:
     """The rendered prompt the checks tokenize and complete (None: the worker's question)."""
@@ -136,6 +176,7 @@ def _file_entry(exported: ExportedFile, source_sha: str, versions: dict, merged_
         "gguf_version": versions.get("gguf"),
         "llama_cpp_python_version": versions.get("llama-cpp-python"),
         "metadata_fixes": exported.metadata_fixes,
+        "imatrix_sha256": exported.imatrix_sha256,
         "verify": exported.verify.to_dict() if exported.verify else None,
         "weight_parity": exported.weight_parity.to_dict() if exported.weight_parity else None,
         "modelfile": exported.modelfile.name if exported.modelfile else None,
@@ -151,6 +192,7 @@ def _reuse(entry: dict[str, Any], path: Path) -> ExportedFile:
     return ExportedFile(
         quant=entry["quant"], path=path, size=entry["size"], sha256=entry["sha256"], verify=verify,
         weight_parity=None, modelfile=None, reused=True, metadata_fixes=list(entry.get("metadata_fixes") or []),
+        imatrix_sha256=entry.get("imatrix_sha256"),
     )
 
 
@@ -181,7 +223,56 @@ class _Context:
     source_sha: str
     versions: dict
     unquantized: Path
+    calibration: list[str] = field(default_factory=list)
+    """Rendered training rows for the importance matrix."""
     entries: dict[Path, dict[str, Any] | None] = field(default_factory=dict)
+    imatrix: tuple[Path, str] | None = None
+    """(file, sha256) once the importance matrix is known."""
+
+
+def _importance_matrix(ctx: _Context) -> tuple[Path, str]:
+    """The importance matrix file: the configured one, the stored one when it was collected
+    from the same merged weights and the same rows, or a new pass over the training rows."""
+    import hashlib
+
+    from tunegguf.export.imatrix import collect_importance, load_for_collection, read_imatrix, write_imatrix
+
+    if ctx.imatrix is not None:
+        return ctx.imatrix
+    if ctx.config.imatrix_file:
+        given = Path(ctx.config.imatrix_file)
+        matrix = read_imatrix(given)  # one error line when missing or not an imatrix
+        ctx.imatrix = (given, sha256_file(given))
+        ctx.manifest.data["imatrix"] = {"path": str(given.resolve()), "sha256": ctx.imatrix[1], "given": True,
+                                        "entries": len(matrix.sums), "datasets": matrix.datasets}
+        ctx.manifest.save()
+        return ctx.imatrix
+    path = ctx.unquantized.parent / "imatrix.gguf"
+    key = {
+        "source_sha256": ctx.source_sha,
+        "calibration_sha256": hashlib.sha256("\0".join(ctx.calibration).encode()).hexdigest(),
+        "rows": len(ctx.calibration),
+    }
+    stored = ctx.manifest.data.get("imatrix") or {}
+    if all(stored.get(k) == v for k, v in key.items()) and path.is_file() and sha256_file(path) == stored.get("sha256"):
+        _say("importance matrix is up to date")
+        ctx.imatrix = (path, stored["sha256"])
+        return ctx.imatrix
+    _say(f"collecting the importance matrix over {len(ctx.calibration)} training rows")
+    started = time.time()
+    model, tokenizer = load_for_collection(ctx.merged_dir)
+    matrix = collect_importance(model, tokenizer, ctx.calibration, gguf_path=ctx.unquantized,
+                                dataset=f"tunegguf training rows ({len(ctx.calibration)})")
+    del model
+    write_imatrix(path, matrix)
+    ctx.imatrix = (path, sha256_file(path))
+    ctx.manifest.data["imatrix"] = {
+        **key, "path": path.name, "sha256": ctx.imatrix[1], "entries": len(matrix.sums),
+        "tokens": matrix.tokens, "seconds": round(time.time() - started, 1),
+    }
+    ctx.manifest.save()
+    _say(f"importance matrix: {len(matrix.sums)} weights, {matrix.tokens:,} tokens, {time.time() - started:.0f} s")
+    return ctx.imatrix
 
 
 def _make_file(ctx: _Context, quant: str, path: Path) -> ExportedFile:
@@ -190,7 +281,9 @@ def _make_file(ctx: _Context, quant: str, path: Path) -> ExportedFile:
     from tunegguf.export.metadata import fix_tokenizer_metadata
     from tunegguf.export.quantize import quantize_gguf
 
-    entry = ctx.entries[path] = ctx.manifest.reusable(path, quant=quant, source_sha256=ctx.source_sha)
+    imatrix_path, imatrix_sha = _importance_matrix(ctx) if is_imatrix_label(quant) else (None, None)
+    entry = ctx.entries[path] = ctx.manifest.reusable(path, quant=quant, source_sha256=ctx.source_sha,
+                                                      imatrix_sha256=imatrix_sha)
     if entry is not None:
         _say(f"{path.name} is up to date (same source, same sha256)")
         return _reuse(entry, path)
@@ -203,10 +296,12 @@ def _make_file(ctx: _Context, quant: str, path: Path) -> ExportedFile:
         for fix in fixes:
             _say(f"fixed GGUF metadata: {fix}")
     else:
-        _say(f"quantizing to {quant}")
+        _say(f"quantizing to {plain_quant(quant)}" + (" with the importance matrix" if imatrix_path else ""))
         bits = {"f32": 32, "f16": 16, "bf16": 16}[ctx.config.outtype]
-        quantize_gguf(ctx.unquantized, path, quant, src_bits=bits, threads=ctx.config.threads)
-    item = ExportedFile(quant, path, path.stat().st_size, sha256_file(path), None, None, None, metadata_fixes=fixes)
+        quantize_gguf(ctx.unquantized, path, plain_quant(quant), src_bits=bits, threads=ctx.config.threads,
+                      imatrix=imatrix_path)
+    item = ExportedFile(quant, path, path.stat().st_size, sha256_file(path), None, None, None,
+                        metadata_fixes=fixes, imatrix_sha256=imatrix_sha)
     ctx.manifest.record(path, _file_entry(item, ctx.source_sha, ctx.versions, ctx.merged_dir))
     return item
 
@@ -217,7 +312,7 @@ def _weight_parity(ctx: _Context, item: ExportedFile) -> WeightParity:
     if parity is None or parity.erased_threshold != ctx.config.erased_threshold:
         parity = weight_parity(item.path, base_dir=ctx.base_dir, merged_dir=ctx.merged_dir,
                                erased_threshold=ctx.config.erased_threshold, progress=True)
-    _say(f"weight parity {parity.summary()}")
+    _say(f"weight parity of {item.path.name}: {parity.summary()}")
     return parity
 
 
@@ -230,9 +325,19 @@ def run(
     prompt: PromptConfig | None = None,
     labels: list[str] | None = None,
     sample: Example | None = None,
+    calibration: list[Example] | None = None,
 ) -> ExportResult:
-    """Export `base_model` (+ the LoRA in `adapter_dir`) to verified GGUF files under out_dir."""
+    """Export `base_model` (+ the LoRA in `adapter_dir`) to verified GGUF files under out_dir.
+
+    `calibration`: training rows for the importance matrix of `config.imatrix_quants`.
+    """
     quants = plan_quants(config)  # an unknown quant name fails before any work or heavy import
+    imatrix_quants = plan_imatrix_quants(config)
+    if imatrix_quants and not config.imatrix_file and not calibration:
+        raise TuneGGUFError(
+            "export.imatrix_quants needs training rows for the importance matrix: run the export through "
+            "`tunegguf run`, pass --imatrix-data to `tunegguf export run`, or set export.imatrix_file"
+        )
     from transformers import AutoTokenizer
 
     from tunegguf.export.convert import check_pre_tokenizer
@@ -284,7 +389,10 @@ def run(
 
     unquantized = gguf_dir / f"model-{config.outtype}.gguf"
     targets = [(config.outtype.upper(), unquantized)] + [(q, gguf_dir / f"model-{q}.gguf") for q in quants]
-    context = _Context(config, manifest, merged_dir, base_dir, tokenizer, source_sha, versions, unquantized)
+    targets += [(q + IMATRIX_SUFFIX, gguf_dir / f"model-{q}{IMATRIX_SUFFIX}.gguf") for q in imatrix_quants]
+    texts = (calibration_texts(tokenizer, prompt, labels, calibration, config.imatrix_rows)
+             if imatrix_quants and calibration and not config.imatrix_file else [])
+    context = _Context(config, manifest, merged_dir, base_dir, tokenizer, source_sha, versions, unquantized, texts)
     exported = [_make_file(context, quant, path) for quant, path in targets]
 
     to_verify = [f for f in exported if config.verify and f.verify is None]

@@ -176,6 +176,8 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
             config.export, base_model=config.model.name, adapter_dir=Path(finetuned["adapter_dir"]),
             out_dir=run_dir / "export", prompt=config.prompt, labels=prepared.labels,
             sample=test_rows[0] if test_rows else None,
+            # Only the training split feeds the importance matrix: nothing scored later leaks in.
+            calibration=prepared.load("train") if config.export.imatrix_quants else None,
         )
         exported = {
             "merged_dir": str(done.merged_dir), "manifest": str(done.manifest_path),

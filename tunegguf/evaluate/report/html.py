@@ -10,6 +10,7 @@ from tunegguf.evaluate.report.plots import all_plots
 from tunegguf.evaluate.report.tables import (
     confusion_table,
     flips_table,
+    imatrix_table,
     parity_table,
     pct,
     recall_table,
@@ -68,6 +69,7 @@ def render_html(report: dict[str, Any], predictions: list[dict[str, Any]]) -> st
         check_rows=template_checks_table(report),
         recommendation=report.get("recommendation") or {},
         recommendation_rows=recommendation_table(report),
+        imatrix_rows=imatrix_table(report),
         weight_rows=weight_parity_table(report),
         plots=all_plots(report, predictions) if report["config"].get("plots", True) else [],
         extra=[(title, section_tables(value)) for title, value in report["extra_sections"].items()],

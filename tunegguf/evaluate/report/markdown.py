@@ -9,6 +9,7 @@ from tunegguf.evaluate.report.tables import (
     confusion_table,
     flips_table,
     fmt,
+    imatrix_table,
     megabytes,
     parity_table,
     pct,
@@ -121,4 +122,7 @@ def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
     if rec and rec.get("rows"):
         choice = f"**{rec['choice']}**" if rec.get("choice") else "**none**"
         out += ["## Recommendation\n", f"Ship {choice}: {_text(rec['reason'])}.\n", md_table(recommendation_table(report))]
+    if imatrix_table(report)[1]:
+        out += ["## Importance matrix\n", "The same quant type without and with an importance matrix collected "
+                "from the training prompts (plain → imatrix).\n", md_table(imatrix_table(report))]
     return out

@@ -229,6 +229,40 @@ def weight_parity_table(report: dict[str, Any]) -> Table:
     return ["GGUF", "fine-tune delta kept", "relative error", "delta SNR", "verdict", "tensors not checked"], rows
 
 
+def imatrix_table(report: dict[str, Any]) -> Table:
+    """Each quant made both plainly and with the importance matrix, side by side
+    ("plain → imatrix"), from the recommendation's ladder rows and the weight parity."""
+    from tunegguf.export.imatrix import SUFFIX, plain_quant
+
+    ladder = {r["quant"]: r for r in (report.get("recommendation") or {}).get("rows", [])}
+    weight = report.get("weight_parity") or {}
+
+    def pair(a: str, b: str) -> str:
+        return f"{a} → {b}"
+
+    def diff(r: dict[str, Any]) -> str:
+        return "–" if r.get("accuracy_difference") is None else f"{100 * r['accuracy_difference']:+.1f} pts"
+
+    def verdict(r: dict[str, Any]) -> str:
+        return "holds" if r.get("eligible") else "fails"
+
+    rows = []
+    for name, imat in ladder.items():
+        plain = ladder.get(plain_quant(name)) if name.endswith(SUFFIX) else None
+        if plain is None:
+            continue
+        kept = [(weight.get(n) or {}).get("kept") for n in (plain["quant"], name)]
+        ratio = (plain["mean_kl"] / imat["mean_kl"]) if plain.get("mean_kl") and imat.get("mean_kl") else None
+        rows.append([
+            plain["quant"], pair(pct(plain.get("agreement")), pct(imat.get("agreement"))),
+            pair(diff(plain), diff(imat)), pair(fmt(plain.get("mean_kl")), fmt(imat.get("mean_kl"))),
+            "–" if ratio is None else f"{ratio:.2f}×", pair(fmt(kept[0]), fmt(kept[1])),
+            pair(verdict(plain), verdict(imat)),
+        ])
+    return ["quant", "agreement", "HF acc − GGUF acc", "mean KL", "KL plain / imatrix",
+            "fine-tune delta kept", "verdict"], rows
+
+
 def recommendation_table(report: dict[str, Any]) -> Table:
     from tunegguf.evaluate.recommend import LadderRow, Recommendation
 
