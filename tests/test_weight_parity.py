@@ -203,3 +203,34 @@ def test_not_a_gguf_is_one_line(dirs, tmp_path):
     with pytest.raises(TuneGGUFError, match="not a readable GGUF file") as exc:
         weight_parity(junk, base_dir=dirs[0], merged_dir=dirs[1])
     assert "\n" not in str(exc.value)
+
+
+def _importance(path: Path, first_half: float, second_half: float) -> Path:
+    from tunegguf.export.imatrix import ImportanceMatrix, write_imatrix
+
+    columns = np.array([first_half] * (HIDDEN // 2) + [second_half] * (HIDDEN // 2))
+    names = [n for n, shape in SHAPES.items() if len(shape) == 2]
+    return write_imatrix(path, ImportanceMatrix(sums={n: columns for n in names}, counts={n: 1 for n in names}))
+
+
+def test_activation_weighting_judges_the_columns_that_matter(synthetic, dirs):
+    # The delta survives in input columns 0-31 and is erased in 32-63: plain "kept" is about
+    # one half; weighted by the inputs' importance it is ~1 or ~0 depending on which half matters.
+    root, base, merged = synthetic
+    half = {n: (np.concatenate([merged[n][:, :HIDDEN // 2], base[n][:, HIDDEN // 2:]], axis=1)
+                if merged[n].ndim == 2 else merged[n]) for n in merged}
+    gguf_path = _write_gguf(root / "half.gguf", half, "Q8_0")
+    plain = weight_parity(gguf_path, base_dir=dirs[0], merged_dir=dirs[1], erased_threshold=0.6)
+    assert 0.4 < plain.kept < 0.6 and plain.verdict == ERASED and plain.weighted is None
+
+    kept_half_matters = weight_parity(gguf_path, base_dir=dirs[0], merged_dir=dirs[1], erased_threshold=0.6,
+                                      imatrix=_importance(root / "first.gguf", 1.0, 1e-3))
+    assert kept_half_matters.weighted["kept"] > 0.95 and kept_half_matters.verdict == KEPT
+    assert kept_half_matters.kept == pytest.approx(plain.kept)  # the plain share is still reported
+    assert kept_half_matters.imatrix_sha256 and "activation-weighted" in kept_half_matters.summary()
+    assert all(layer.kept_weighted is not None for layer in kept_half_matters.layers if layer.layer == "0")
+
+    erased_half_matters = weight_parity(gguf_path, base_dir=dirs[0], merged_dir=dirs[1], erased_threshold=0.6,
+                                        imatrix=_importance(root / "second.gguf", 1e-3, 1.0))
+    assert erased_half_matters.weighted["kept"] < 0.05 and erased_half_matters.verdict == ERASED
+    json.dumps(erased_half_matters.to_dict(), allow_nan=False)

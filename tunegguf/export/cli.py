@@ -114,7 +114,8 @@ def _print_result(result) -> None:
 @click.option("--prompt", "prompt_text", default=None, help="Rendered prompt to tokenize and complete (default: a short question in the chat template).")
 @click.option("--max-tokens", type=int, default=16, show_default=True, help="Budget for the completion that must end with EOS.")
 @click.option("--erased-threshold", type=float, default=0.5, show_default=True, help="Weight parity: below this share of the delta the fine-tune counts as erased.")
-def verify_command(file, hf_dir, base, merged, prompt_text, max_tokens, erased_threshold) -> None:
+@click.option("--imatrix", type=click.Path(path_type=Path), default=None, help="Importance matrix (e.g. export/gguf/imatrix.gguf): the weight parity is also taken activation-weighted, and judged so.")
+def verify_command(file, hf_dir, base, merged, prompt_text, max_tokens, erased_threshold, imatrix) -> None:
     """Check one GGUF in a separate process; with --base/--merged also its weight parity."""
     from tunegguf.export.verify import verify_gguf
 
@@ -128,7 +129,7 @@ def verify_command(file, hf_dir, base, merged, prompt_text, max_tokens, erased_t
             from tunegguf.export.stage import local_checkpoint
 
             parity = weight_parity(file, base_dir=local_checkpoint(base), merged_dir=merged,
-                                   erased_threshold=erased_threshold, progress=True)
+                                   erased_threshold=erased_threshold, progress=True, imatrix=imatrix)
     except TuneGGUFError as exc:
         raise _UserError(str(exc)) from None
     load = result.check("load")
@@ -158,10 +159,12 @@ def _print_parity(console, parity) -> None:
 
     console.print(f"weight parity {parity.summary()}", highlight=False)
     table = Table(title="per layer")
-    for column in ("layer", "kept", "rel. error", "delta SNR"):
+    columns = ["layer", "kept", "rel. error", "delta SNR"] + (["kept, activation-weighted"] if parity.weighted else [])
+    for column in columns:
         table.add_column(column)
     for row in parity.layers:
-        table.add_row(row.layer, _fmt(row.kept, ".1%"), _fmt(row.rel_error, ".2e"), _fmt(row.delta_snr, ".2f"))
+        cells = [row.layer, _fmt(row.kept, ".1%"), _fmt(row.rel_error, ".2e"), _fmt(row.delta_snr, ".2f")]
+        table.add_row(*(cells + ([_fmt(row.kept_weighted, ".1%")] if parity.weighted else [])))
     console.print(table)
     for item in parity.not_checked:
         console.print(f"not checked: {item['tensor']} ({item['type']}): {item['reason']}", highlight=False)

@@ -6,6 +6,11 @@ For every tensor, with base B, merged M (= B + delta) and the dequantized GGUF Q
   delta_snr = ||M - B|| / ||Q - M||
 Layers and the whole file aggregate the same sums, so a layer's `kept` is the mean over
 its tensors weighted by ||delta||^2 (the projection of the concatenated delta).
+With an importance matrix (a_j = mean x_j² of each weight's input column on the training
+prompts, see imatrix.py) the same sums are also taken with every column weighted by a_j:
+the share of the fine-tune's effect on the matmul outputs that survives, to first order.
+That version decides the verdict when it exists, because it tracks behaviour: an imatrix
+quant moves error into columns whose inputs are small, which the plain sums over-count.
 A base dequantized from a GGUF (SmolLM2 from Q4_1) sits on that type's grid: quantizing
 the merged model to the same type snaps most weights back to the base (NOTES.md).
 Tensors are read one at a time (large ones in row chunks) with plain reads, not kept
@@ -62,6 +67,8 @@ class TensorParity:
     rel_error: float | None
     delta_snr: float | None
     delta_norm: float
+    kept_weighted: float | None = None
+    """`kept` with each input column weighted by its importance (None: no importance matrix)."""
 
 
 @dataclass
@@ -72,6 +79,7 @@ class LayerParity:
     rel_error: float | None
     delta_snr: float | None
     delta_norm: float
+    kept_weighted: float | None = None
 
 
 @dataclass
@@ -94,12 +102,23 @@ class WeightParity:
     not_compared: list[str] = field(default_factory=list)
     """GGUF tensors the converter made with no HF counterpart (e.g. rope_freqs)."""
     warnings: list[str] = field(default_factory=list)
+    weighted: dict[str, Any] | None = None
+    """kept / rel_error / delta_snr / delta_norm with input columns weighted by the
+    importance matrix, over the tensors it covers (None: no matrix)."""
+    imatrix_sha256: str | None = None
+
+    @property
+    def verdict_kept(self) -> float | None:
+        """The share the verdict is judged on: activation-weighted when available."""
+        return self.weighted["kept"] if self.weighted and self.weighted.get("kept") is not None else self.kept
 
     def summary(self) -> str:
         if self.kept is None:
             return f"{self.file_type}: {self.verdict}"
-        text = (f"{self.file_type}: keeps {self.kept:.1%} of the fine-tune delta, relative error "
-                f"{self.rel_error:.2e}, delta SNR {self.delta_snr:.2f} -> {self.verdict}")
+        text = f"{self.file_type}: keeps {self.kept:.1%} of the fine-tune delta"
+        if self.weighted and self.weighted.get("kept") is not None:
+            text += f" ({self.weighted['kept']:.1%} activation-weighted)"
+        text += f", relative error {self.rel_error:.2e}, delta SNR {self.delta_snr:.2f} -> {self.verdict}"
         if self.not_checked:
             text += f" ({len(self.not_checked)} tensors not checked)"
         return text
@@ -175,11 +194,12 @@ def llama_permute(weights: Any, n_head: int, n_head_kv: int | None = None) -> An
             .swapaxes(1, 2).reshape(weights.shape))  # numpy arrays and torch tensors alike
 
 
-def _sums(q: Any, b: Any, m: Any) -> Sums:
+def _sums(q: Any, b: Any, m: Any, columns: Any = None) -> Sums:
     """Sums over one chunk (<= CHUNK_ELEMENTS values): float32 dot products (numpy's BLAS,
     several times faster than torch.dot here), float64 totals across chunks.
 
     <Q - B, D> is computed as <E, D> + ||D||^2 (E = Q - M): two subtractions, four dots.
+    `columns` (one weight per input column, the last axis) weights every product.
     """
     import numpy as np
 
@@ -188,8 +208,17 @@ def _sums(q: Any, b: Any, m: Any) -> Sums:
     m = np.asarray(m, dtype=np.float32).reshape(-1)
     d = m - b
     e = q - m
+    if columns is not None:
+        weights = np.tile(np.asarray(columns, dtype=np.float32), q.size // len(columns))
+        dw, mw = d * weights, m * weights
+        delta_sq = float(np.dot(d, dw))
+        return Sums(delta_sq, float(np.dot(e, dw)) + delta_sq, float(np.dot(e, e * weights)), float(np.dot(m, mw)))
     delta_sq = float(np.dot(d, d))
     return Sums(delta_sq, float(np.dot(e, d)) + delta_sq, float(np.dot(e, e)), float(np.dot(m, m)))
+
+
+def _pair(q: Any, b: Any, m: Any, columns: Any) -> tuple[Sums, Sums | None]:
+    return _sums(q, b, m), (_sums(q, b, m, columns) if columns is not None else None)
 
 
 # ---- mapping GGUF tensors to HF tensors --------------------------------------------------
@@ -237,8 +266,15 @@ def _row_chunks(rows: int, cols: int) -> Iterator[tuple[int, int]]:
         yield start, min(rows, start + step)
 
 
+def _add(total: tuple[Sums, Sums | None], part: tuple[Sums, Sums | None]) -> None:
+    total[0].add(part[0])
+    if part[1] is not None and total[1] is not None:
+        total[1].add(part[1])
+
+
 def _compare_tensor(info: TensorInfo, hf_name: str, header: GGUFHeader, source: Path,
-                    base: HFWeights, merged: HFWeights) -> Sums:
+                    base: HFWeights, merged: HFWeights, columns: Any = None) -> tuple[Sums, Sums | None]:
+    """(plain sums, sums weighted by `columns`, or None without them) for one tensor."""
     import numpy as np
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
@@ -251,6 +287,8 @@ def _compare_tensor(info: TensorInfo, hf_name: str, header: GGUFHeader, source: 
             f"shape mismatch at {info.name} ({hf_name}): {list(gguf_shape)} in the GGUF, {list(hf_shape)} in the base"
         )
     kind = info.name.split(".")[-2] if info.name.count(".") >= 2 else ""
+    if columns is not None and (len(gguf_shape) != 2 or len(columns) != gguf_shape[-1]):
+        columns = None  # only a 2-D weight with one importance per input column
     if kind in ("attn_q", "attn_k") and len(gguf_shape) == 2:
         # Whole tensor: the converter may have permuted the rows per head (llama family).
         # Both layouts are tried; the right one is far closer (the wrong one scrambles rows).
@@ -259,24 +297,24 @@ def _compare_tensor(info: TensorInfo, hf_name: str, header: GGUFHeader, source: 
         arch = header.fields.get("general.architecture")
         n_head = header.fields.get(f"{arch}.attention.head_count")
         n_kv = header.fields.get(f"{arch}.attention.head_count_kv", n_head)
-        candidates = [_sums(q, b, m)]
+        candidates = [_pair(q, b, m, columns)]
         if n_head:
             heads = (n_head, n_head) if kind == "attn_q" else (n_head, n_kv)
             try:
-                candidates.append(_sums(q, llama_permute(b, *heads), llama_permute(m, *heads)))
+                candidates.append(_pair(q, llama_permute(b, *heads), llama_permute(m, *heads), columns))
             except (ValueError, RuntimeError):  # shapes that cannot be a per-head permutation
                 pass
-        return min(candidates, key=lambda s: s.err_sq)
-    total = Sums()
+        return min(candidates, key=lambda s: s[0].err_sq)
+    total = (Sums(), Sums() if columns is not None else None)
     if len(gguf_shape) == 1:
         q = dequantize(tensor_data(header, info, source), qtype).reshape(gguf_shape)
-        total.add(_sums(q, base.rows(hf_name), merged.rows(hf_name)))
+        _add(total, _pair(q, base.rows(hf_name), merged.rows(hf_name), None))
         return total
     rows = gguf_shape[0]
     cols = int(np.prod(gguf_shape[1:]))
     for start, stop in _row_chunks(rows, cols):
         q = dequantize(tensor_data(header, info, source, start, stop), qtype).reshape((stop - start, *gguf_shape[1:]))
-        total.add(_sums(q, base.rows(hf_name, start, stop), merged.rows(hf_name, start, stop)))
+        _add(total, _pair(q, base.rows(hf_name, start, stop), merged.rows(hf_name, start, stop), columns))
     return total
 
 
@@ -293,8 +331,9 @@ def base_source_quant(base_dir: Path) -> str | None:
 
 
 def weight_parity(gguf_path: Path, *, base_dir: Path, merged_dir: Path, erased_threshold: float = 0.5,
-                  progress: bool = False) -> WeightParity:
-    """Compare every tensor of a (quantized) GGUF with the base and merged HF weights."""
+                  progress: bool = False, imatrix: Path | None = None) -> WeightParity:
+    """Compare every tensor of a (quantized) GGUF with the base and merged HF weights; with
+    an importance matrix file also activation-weighted, which then decides the verdict."""
     from collections import Counter
 
     from gguf.constants import GGMLQuantizationType, LlamaFileType
@@ -324,7 +363,14 @@ def weight_parity(gguf_path: Path, *, base_dir: Path, merged_dir: Path, erased_t
     result = WeightParity(str(gguf_path), type_name, None, None, None, 0.0, NO_DELTA, erased_threshold,
                           base_source_quant=base_source_quant(base_dir))
     result.tensor_types = dict(Counter(GGMLQuantizationType(t.type_id).name for t in header.tensors))
-    totals, per_layer = Sums(), {}
+    importance: dict[str, Any] = {}
+    if imatrix is not None:
+        from tunegguf.export.imatrix import read_imatrix
+        from tunegguf.io import sha256_file
+
+        importance = read_imatrix(Path(imatrix)).means()
+        result.imatrix_sha256 = sha256_file(Path(imatrix))
+    totals, weighted, per_layer = Sums(), Sums(), {}
     # disable=None: a bar on a terminal, silence in logs and pipes.
     bar = tqdm(header.tensors, desc=f"weight parity {gguf_path.name}", unit="tensor",
                disable=None if progress else True, leave=False)
@@ -334,7 +380,8 @@ def weight_parity(gguf_path: Path, *, base_dir: Path, merged_dir: Path, erased_t
             result.not_compared.append(info.name)
             continue
         try:
-            sums = _compare_tensor(info, hf_name, header, gguf_path, base, merged)
+            sums, sums_weighted = _compare_tensor(info, hf_name, header, gguf_path, base, merged,
+                                                  importance.get(info.name))
         except NotImplementedError as exc:
             result.not_checked.append({
                 "tensor": info.name, "type": GGMLQuantizationType(info.type_id).name,
@@ -342,19 +389,28 @@ def weight_parity(gguf_path: Path, *, base_dir: Path, merged_dir: Path, erased_t
             })
             continue
         totals.add(sums)
-        per_layer.setdefault(_layer_of(info.name), Sums()).add(sums)
+        layer = per_layer.setdefault(_layer_of(info.name), (Sums(), Sums()))
+        layer[0].add(sums)
+        if sums_weighted is not None:
+            weighted.add(sums_weighted)
+            layer[1].add(sums_weighted)
         metrics = sums.metrics()
-        result.tensors.append(TensorParity(info.name, hf_name, GGMLQuantizationType(info.type_id).name, **metrics))
+        kept_weighted = sums_weighted.metrics()["kept"] if sums_weighted is not None else None
+        result.tensors.append(TensorParity(info.name, hf_name, GGMLQuantizationType(info.type_id).name, **metrics,
+                                           kept_weighted=kept_weighted))
     metrics = totals.metrics()
     result.kept, result.rel_error, result.delta_snr, result.delta_norm = (
         metrics["kept"], metrics["rel_error"], metrics["delta_snr"], metrics["delta_norm"]
     )
+    if weighted.delta_sq > 0:
+        result.weighted = weighted.metrics()
     order = sorted(per_layer, key=lambda k: (k == "other", int(k) if k.isdigit() else 0))
-    result.layers = [LayerParity(k, **per_layer[k].metrics()) for k in order]
+    result.layers = [LayerParity(k, **per_layer[k][0].metrics(), kept_weighted=per_layer[k][1].metrics()["kept"])
+                     for k in order]
     if result.kept is None:
         result.verdict = NOT_CHECKED if result.not_checked else NO_DELTA
     else:
-        result.verdict = ERASED if result.kept < erased_threshold else KEPT
+        result.verdict = ERASED if result.verdict_kept < erased_threshold else KEPT
     if result.base_source_quant and result.base_source_quant.upper() == type_name.upper():
         result.warnings.append(
             f"the base was dequantized from {result.base_source_quant}: quantizing to the same type snaps "

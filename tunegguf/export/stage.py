@@ -309,9 +309,12 @@ def _make_file(ctx: _Context, quant: str, path: Path) -> ExportedFile:
 def _weight_parity(ctx: _Context, item: ExportedFile) -> WeightParity:
     """The stored result for a reused file (same threshold), else a new measurement."""
     parity = _parity_from_entry(ctx.entries.get(item.path))
-    if parity is None or parity.erased_threshold != ctx.config.erased_threshold:
+    # With an importance matrix the parity is also taken activation-weighted (and judged so).
+    imatrix_path, imatrix_sha = ctx.imatrix if ctx.imatrix is not None else (None, None)
+    if (parity is None or parity.erased_threshold != ctx.config.erased_threshold
+            or parity.imatrix_sha256 != imatrix_sha):
         parity = weight_parity(item.path, base_dir=ctx.base_dir, merged_dir=ctx.merged_dir,
-                               erased_threshold=ctx.config.erased_threshold, progress=True)
+                               erased_threshold=ctx.config.erased_threshold, progress=True, imatrix=imatrix_path)
     _say(f"weight parity of {item.path.name}: {parity.summary()}")
     return parity
 

@@ -149,12 +149,15 @@ def speed(report: dict[str, Any]) -> str | None:
 
 def weight_parity_layers(report: dict[str, Any]) -> str | None:
     """Fine-tune delta kept per layer, one line per GGUF (a quant that erases it sits near 0)."""
+    blocks = {name: block for name, block in (report.get("weight_parity") or {}).items() if block}
+    # With an importance matrix every file was judged activation-weighted: plot that share.
+    key = "kept_weighted" if blocks and all(b.get("weighted") for b in blocks.values()) else "kept"
     series = []
-    for name, block in (report.get("weight_parity") or {}).items():
-        layers = [row for row in (block or {}).get("layers") or [] if str(row.get("layer", "")).isdigit()]
+    for name, block in blocks.items():
+        layers = [row for row in block.get("layers") or [] if str(row.get("layer", "")).isdigit()]
         if layers:
             layers.sort(key=lambda row: int(row["layer"]))
-            series.append((name, [int(r["layer"]) for r in layers], [r["kept"] for r in layers]))
+            series.append((name, [int(r["layer"]) for r in layers], [r.get(key) for r in layers]))
     if not series:
         return None
     fig = _figure(6.4, 3.0)
@@ -163,7 +166,7 @@ def weight_parity_layers(report: dict[str, Any]) -> str | None:
         ax.plot(xs, ys, marker=".", label=name)
     ax.axhline(1.0, color="#888", lw=0.8, ls="--")
     ax.set_xlabel("layer")
-    ax.set_ylabel("fine-tune delta kept")
+    ax.set_ylabel("fine-tune delta kept" + (" (activation-weighted)" if key == "kept_weighted" else ""))
     ax.legend(fontsize=7, ncol=4)
     ax.set_title("weight-space parity per layer", fontsize=10)
     return _png(fig)

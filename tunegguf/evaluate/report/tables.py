@@ -224,9 +224,19 @@ def weight_parity_table(report: dict[str, Any]) -> Table:
         if not block:
             continue
         not_checked = block.get("not_checked") or []
-        rows.append([name, fmt(block.get("kept")), fmt(block.get("rel_error")), fmt(block.get("delta_snr")),
+        weighted = block.get("weighted") or {}
+        rows.append([name, fmt(block.get("kept")), fmt(weighted.get("kept")), fmt(block.get("rel_error")),
+                     fmt(block.get("delta_snr")), fmt(weighted.get("delta_snr")),
                      str(block.get("verdict", "–")), str(len(not_checked)) if not_checked else "0"])
-    return ["GGUF", "fine-tune delta kept", "relative error", "delta SNR", "verdict", "tensors not checked"], rows
+    # The activation-weighted columns exist when an importance matrix was collected; then they decide the verdict.
+    return ["GGUF", "fine-tune delta kept", "kept, activation-weighted", "relative error", "delta SNR",
+            "delta SNR, activation-weighted", "verdict", "tensors not checked"], rows
+
+
+def _judged_kept(block: dict[str, Any]) -> Any:
+    """The share of the fine-tune a weight-parity verdict was judged on (activation-weighted when taken)."""
+    weighted = block.get("weighted") or {}
+    return weighted.get("kept") if weighted.get("kept") is not None else block.get("kept")
 
 
 def imatrix_table(report: dict[str, Any]) -> Table:
@@ -251,7 +261,7 @@ def imatrix_table(report: dict[str, Any]) -> Table:
         plain = ladder.get(plain_quant(name)) if name.endswith(SUFFIX) else None
         if plain is None:
             continue
-        kept = [(weight.get(n) or {}).get("kept") for n in (plain["quant"], name)]
+        kept = [_judged_kept(weight.get(n) or {}) for n in (plain["quant"], name)]
         ratio = (plain["mean_kl"] / imat["mean_kl"]) if plain.get("mean_kl") and imat.get("mean_kl") else None
         rows.append([
             plain["quant"], pair(pct(plain.get("agreement")), pct(imat.get("agreement"))),
