@@ -116,7 +116,9 @@ def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
             out += [f"**{_text(title)}**\n", "```diff\n" + diff + "```\n"]
     if weight_parity_table(report)[1]:
         out += ["## Weight-space parity\n", "Share of the fine-tune (merged − base) kept in each file's "
-                "dequantized weights, before any inference; below the threshold the file erases the fine-tune.\n",
+                "dequantized weights, before any inference; below the threshold the file erases the fine-tune. "
+                "With an importance matrix each input column is also weighted by its mean squared activation on "
+                "the training prompts, and that share decides.\n",
                 md_table(weight_parity_table(report))]
     rec = report.get("recommendation")
     if rec and rec.get("rows"):

@@ -218,19 +218,21 @@ def template_checks_table(report: dict[str, Any]) -> Table:
 
 
 def weight_parity_table(report: dict[str, Any]) -> Table:
-    """Per GGUF: how much of the fine-tune (merged - base) survives in the quantized weights."""
+    """Per GGUF: how much of the fine-tune (merged - base) survives in the quantized weights.
+    With an importance matrix, also activation-weighted (the share the verdict was judged on)."""
+    blocks = {name: block for name, block in (report.get("weight_parity") or {}).items() if block}
+    with_weighted = any(block.get("weighted") for block in blocks.values())
     rows = []
-    for name, block in (report.get("weight_parity") or {}).items():
-        if not block:
-            continue
+    for name, block in blocks.items():
         not_checked = block.get("not_checked") or []
         weighted = block.get("weighted") or {}
-        rows.append([name, fmt(block.get("kept")), fmt(weighted.get("kept")), fmt(block.get("rel_error")),
-                     fmt(block.get("delta_snr")), fmt(weighted.get("delta_snr")),
-                     str(block.get("verdict", "–")), str(len(not_checked)) if not_checked else "0"])
-    # The activation-weighted columns exist when an importance matrix was collected; then they decide the verdict.
-    return ["GGUF", "fine-tune delta kept", "kept, activation-weighted", "relative error", "delta SNR",
-            "delta SNR, activation-weighted", "verdict", "tensors not checked"], rows
+        row = [name, fmt(block.get("kept"))] + ([fmt(weighted.get("kept"))] if with_weighted else [])
+        row += [fmt(block.get("rel_error")), fmt(block.get("delta_snr"))]
+        row += [fmt(weighted.get("delta_snr"))] if with_weighted else []
+        rows.append(row + [str(block.get("verdict", "–")), str(len(not_checked)) if not_checked else "0"])
+    columns = ["GGUF", "fine-tune delta kept"] + (["kept, activation-weighted"] if with_weighted else [])
+    columns += ["relative error", "delta SNR"] + (["delta SNR, activation-weighted"] if with_weighted else [])
+    return columns + ["verdict", "tensors not checked"], rows
 
 
 def _judged_kept(block: dict[str, Any]) -> Any:
