@@ -58,11 +58,10 @@ class Sums:
         }
 
 
-@dataclass
-class TensorParity:
-    gguf_name: str
-    hf_name: str
-    type: str
+@dataclass(kw_only=True)
+class _Shares:
+    """The metrics of one tensor, one layer or (in WeightParity) the whole file."""
+
     kept: float | None
     rel_error: float | None
     delta_snr: float | None
@@ -71,15 +70,17 @@ class TensorParity:
     """`kept` with each input column weighted by its importance (None: no importance matrix)."""
 
 
-@dataclass
-class LayerParity:
+@dataclass(kw_only=True)
+class TensorParity(_Shares):
+    gguf_name: str
+    hf_name: str
+    type: str
+
+
+@dataclass(kw_only=True)
+class LayerParity(_Shares):
     layer: str
     """Block index as text, or "other" (embeddings, output, final norm)."""
-    kept: float | None
-    rel_error: float | None
-    delta_snr: float | None
-    delta_norm: float
-    kept_weighted: float | None = None
 
 
 @dataclass
@@ -396,8 +397,8 @@ def weight_parity(gguf_path: Path, *, base_dir: Path, merged_dir: Path, erased_t
             layer[1].add(sums_weighted)
         metrics = sums.metrics()
         kept_weighted = sums_weighted.metrics()["kept"] if sums_weighted is not None else None
-        result.tensors.append(TensorParity(info.name, hf_name, GGMLQuantizationType(info.type_id).name, **metrics,
-                                           kept_weighted=kept_weighted))
+        result.tensors.append(TensorParity(gguf_name=info.name, hf_name=hf_name, type=GGMLQuantizationType(info.type_id).name,
+                                           **metrics, kept_weighted=kept_weighted))
     metrics = totals.metrics()
     result.kept, result.rel_error, result.delta_snr, result.delta_norm = (
         metrics["kept"], metrics["rel_error"], metrics["delta_snr"], metrics["delta_norm"]
@@ -405,7 +406,7 @@ def weight_parity(gguf_path: Path, *, base_dir: Path, merged_dir: Path, erased_t
     if weighted.delta_sq > 0:
         result.weighted = weighted.metrics()
     order = sorted(per_layer, key=lambda k: (k == "other", int(k) if k.isdigit() else 0))
-    result.layers = [LayerParity(k, **per_layer[k][0].metrics(), kept_weighted=per_layer[k][1].metrics()["kept"])
+    result.layers = [LayerParity(layer=k, **per_layer[k][0].metrics(), kept_weighted=per_layer[k][1].metrics()["kept"])
                      for k in order]
     if result.kept is None:
         result.verdict = NOT_CHECKED if result.not_checked else NO_DELTA
