@@ -220,5 +220,5 @@ def test_report_shows_each_quant_with_and_without_the_matrix():
     cells = dict(zip(columns, rows[0]))
     assert cells["quant"] == "Q4_0" and cells["agreement"] == "95.0% → 99.0%"
     assert cells["KL plain / imatrix"] == "4.00×" and cells["verdict"] == "fails → holds"
-    assert cells["fine-tune delta kept"] == "0.9 → 0.93"
+    assert cells["fine-tune delta kept (as judged)"] == "0.9 → 0.93"
     assert "## Importance matrix" in "\n".join(diagnostics_markdown(report))

@@ -2,7 +2,8 @@
 
 Layout under out_dir: merged/ (HF checkpoint), gguf/model-<outtype>.gguf,
 gguf/model-<QUANT>.gguf, gguf/Modelfile.<QUANT>, gguf/manifest.json; with imatrix_quants
-gguf/imatrix.gguf and gguf/model-<QUANT>-imat.gguf; with lora_gguf gguf/adapter-lora.gguf. A file counts as exported only when every check passed.
+gguf/imatrix.gguf and gguf/model-<QUANT>-imat.gguf; with lora_gguf gguf/adapter-lora.gguf.
+A file counts as exported only when every check passed.
 """
 
 from __future__ import annotations

@@ -272,7 +272,7 @@ def imatrix_table(report: dict[str, Any]) -> Table:
             pair(verdict(plain), verdict(imat)),
         ])
     return ["quant", "agreement", "HF acc − GGUF acc", "mean KL", "KL plain / imatrix",
-            "fine-tune delta kept", "verdict"], rows
+            "fine-tune delta kept (as judged)", "verdict"], rows
 
 
 def recommendation_table(report: dict[str, Any]) -> Table:
