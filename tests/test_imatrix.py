@@ -222,3 +222,17 @@ def test_report_shows_each_quant_with_and_without_the_matrix():
     assert cells["KL plain / imatrix"] == "4.00×" and cells["verdict"] == "fails → holds"
     assert cells["fine-tune delta kept (as judged)"] == "0.9 → 0.93"
     assert "## Importance matrix" in "\n".join(diagnostics_markdown(report))
+
+
+def test_a_bad_imatrix_file_fails_the_quantization_in_one_line(tmp_path):
+    from tunegguf.export.quantize import quantize_gguf
+
+    src = tmp_path / "model-f16.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 64)
+    junk = tmp_path / "imatrix.gguf"
+    junk.write_bytes(b"not an imatrix")
+    with pytest.raises(TuneGGUFError, match="not a GGUF importance matrix") as exc:
+        quantize_gguf(src, tmp_path / "out.gguf", "Q4_0", imatrix=junk)
+    message = str(exc.value)
+    assert "\n" not in message and "Traceback" not in message and "TuneGGUFError" not in message
+    assert not (tmp_path / "out.gguf").exists()

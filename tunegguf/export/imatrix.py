@@ -78,10 +78,7 @@ def _gguf_name_table(arch_name: str, blocks: int) -> Any:
 
 def _hf_module_name(name: str) -> str:
     """A module name without PEFT's wrappers: base_model.model.X.base_layer -> X."""
-    for prefix in ("base_model.model.",):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    return name.removesuffix(".base_layer")
+    return name.removeprefix("base_model.model.").removesuffix(".base_layer")
 
 
 def collect_importance(
@@ -137,7 +134,7 @@ def collect_importance(
         return hook
 
     for module_name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module_name.endswith((".lora_A", ".lora_B")) or ".lora_" in module_name:
+        if not isinstance(module, torch.nn.Linear) or ".lora_" in module_name:  # PEFT's A/B: not GGUF weights
             continue
         gguf_name = target_name(_hf_module_name(module_name))
         if gguf_name is None:

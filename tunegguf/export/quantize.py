@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     params.nthread = args.threads
     keep_alive = []  # the C arrays must outlive the call
     if args.imatrix:
-        keep_alive = _set_imatrix(params, Path(args.imatrix))
+        try:
+            keep_alive = _set_imatrix(params, Path(args.imatrix))
+        except TuneGGUFError as exc:  # the parent shows this line, not a traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     rc = llama_cpp.llama_model_quantize(os.fsencode(args.src), os.fsencode(args.dst), ctypes.byref(params))
     if rc != 0:
         print(f"error: llama_model_quantize returned {rc}", file=sys.stderr)
