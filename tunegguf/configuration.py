@@ -20,6 +20,11 @@ from tunegguf.errors import TuneGGUFError, closest
 T = TypeVar("T")
 
 
+def comma_list(text: str) -> list[str]:
+    """'Q8_0, Q4_K_M,' -> ['Q8_0', 'Q4_K_M']: a comma-separated CLI value, blanks dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 

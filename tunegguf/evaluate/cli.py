@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from tunegguf.configuration import comma_list
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate.manifest import gguf_dir_files, manifest_diagnostics
 
@@ -170,7 +171,7 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
         gguf_files[name] = path
     examples, found_labels = load_examples(data, config, out_dir)
     if labels:
-        label_list = [x.strip() for x in labels.split(",") if x.strip()]
+        label_list = comma_list(labels)
     else:
         label_list = found_labels or list(config.data.labels) or sorted({e.label for e in examples if e.label})
     if not gguf_files and not servers:

@@ -43,15 +43,16 @@ def export_group() -> None:
 def run_command(base, adapter, out, quants, labels, imatrix_quants, imatrix_data, config_path, overrides) -> None:
     """Export a merged model to verified GGUF files (f16 + each quant), Modelfiles and a manifest."""
     from tunegguf.config import load_run_config
+    from tunegguf.configuration import comma_list
     from tunegguf.export.stage import run
 
     try:
         config = load_run_config(config_path, list(overrides))
         if quants is not None:
-            config.export.quants = [q.strip() for q in quants.split(",") if q.strip()]
+            config.export.quants = comma_list(quants)
         if imatrix_quants is not None:
-            config.export.imatrix_quants = [q.strip() for q in imatrix_quants.split(",") if q.strip()]
-        label_list = [w.strip() for w in labels.split(",") if w.strip()] if labels else None
+            config.export.imatrix_quants = comma_list(imatrix_quants)
+        label_list = comma_list(labels) if labels else None
         calibration = None
         if imatrix_data is not None:
             from tunegguf.data.prepare import load_split

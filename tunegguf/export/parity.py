@@ -195,12 +195,13 @@ def llama_permute(weights: Any, n_head: int, n_head_kv: int | None = None) -> An
             .swapaxes(1, 2).reshape(weights.shape))  # numpy arrays and torch tensors alike
 
 
-def _sums(q: Any, b: Any, m: Any, columns: Any = None) -> Sums:
-    """Sums over one chunk (<= CHUNK_ELEMENTS values): float32 dot products (numpy's BLAS,
-    several times faster than torch.dot here), float64 totals across chunks.
+def _pair(q: Any, b: Any, m: Any, columns: Any) -> tuple[Sums, Sums | None]:
+    """(plain sums, sums with every product weighted by `columns` or None) over one chunk
+    (<= CHUNK_ELEMENTS values): float32 dot products (numpy's BLAS, several times faster
+    than torch.dot here), float64 totals across chunks.
 
     <Q - B, D> is computed as <E, D> + ||D||^2 (E = Q - M): two subtractions, four dots.
-    `columns` (one weight per input column, the last axis) weights every product.
+    `columns` holds one weight per input column (the last axis).
     """
     import numpy as np
 
@@ -209,17 +210,16 @@ def _sums(q: Any, b: Any, m: Any, columns: Any = None) -> Sums:
     m = np.asarray(m, dtype=np.float32).reshape(-1)
     d = m - b
     e = q - m
-    if columns is not None:
-        weights = np.tile(np.asarray(columns, dtype=np.float32), q.size // len(columns))
-        dw, mw = d * weights, m * weights
-        delta_sq = float(np.dot(d, dw))
-        return Sums(delta_sq, float(np.dot(e, dw)) + delta_sq, float(np.dot(e, e * weights)), float(np.dot(m, mw)))
     delta_sq = float(np.dot(d, d))
-    return Sums(delta_sq, float(np.dot(e, d)) + delta_sq, float(np.dot(e, e)), float(np.dot(m, m)))
-
-
-def _pair(q: Any, b: Any, m: Any, columns: Any) -> tuple[Sums, Sums | None]:
-    return _sums(q, b, m), (_sums(q, b, m, columns) if columns is not None else None)
+    plain = Sums(delta_sq, float(np.dot(e, d)) + delta_sq, float(np.dot(e, e)), float(np.dot(m, m)))
+    if columns is None:
+        return plain, None
+    weights = np.tile(np.asarray(columns, dtype=np.float32), q.size // len(columns))
+    dw = d * weights
+    delta_sq_w = float(np.dot(d, dw))
+    weighted = Sums(delta_sq_w, float(np.dot(e, dw)) + delta_sq_w, float(np.dot(e, e * weights)),
+                    float(np.dot(m, m * weights)))
+    return plain, weighted
 
 
 # ---- mapping GGUF tensors to HF tensors --------------------------------------------------

@@ -69,6 +69,7 @@ def predict_command(texts, run_dir, model, config_path, labels, input_path, outp
     tunegguf predict --run runs/demo --input reviews.csv --output scored.csv
     """
     from tunegguf.config import load_run_config
+    from tunegguf.configuration import comma_list
     from tunegguf.errors import TuneGGUFError
     from tunegguf.pipeline.predict import Predictor, predict, predictor_from_run
 
@@ -78,7 +79,7 @@ def predict_command(texts, run_dir, model, config_path, labels, input_path, outp
         if not (model and labels):
             raise TuneGGUFError("give --run RUN_DIR, or --model with --labels (and --config for the prompt settings)")
         config = load_run_config(config_path)
-        predictor = Predictor(model=Path(model), prompt=config.prompt, labels=[x.strip() for x in labels.split(",") if x.strip()],
+        predictor = Predictor(model=Path(model), prompt=config.prompt, labels=comma_list(labels),
                               n_threads=config.evaluate.n_threads)
 
     frame = None

@@ -114,17 +114,19 @@ def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
                 f"GGUF {_text(checks.get('gguf'))}).\n", md_table(template_checks_table(report))]
         for title, diff in (checks.get("diffs") or {}).items():
             out += [f"**{_text(title)}**\n", "```diff\n" + diff + "```\n"]
-    if weight_parity_table(report)[1]:
+    weight_rows = weight_parity_table(report)
+    if weight_rows[1]:
         out += ["## Weight-space parity\n", "Share of the fine-tune (merged − base) kept in each file's "
                 "dequantized weights, before any inference; below the threshold the file erases the fine-tune. "
                 "With an importance matrix each input column is also weighted by its mean squared activation on "
                 "the training prompts, and that share decides.\n",
-                md_table(weight_parity_table(report))]
+                md_table(weight_rows)]
     rec = report.get("recommendation")
     if rec and rec.get("rows"):
         choice = f"**{rec['choice']}**" if rec.get("choice") else "**none**"
         out += ["## Recommendation\n", f"Ship {choice}: {_text(rec['reason'])}.\n", md_table(recommendation_table(report))]
-    if imatrix_table(report)[1]:
+    imatrix_rows = imatrix_table(report)
+    if imatrix_rows[1]:
         out += ["## Importance matrix\n", "The same quant type without and with an importance matrix collected "
-                "from the training prompts (plain → imatrix).\n", md_table(imatrix_table(report))]
+                "from the training prompts (plain → imatrix).\n", md_table(imatrix_rows)]
     return out
