@@ -42,7 +42,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    from tunegguf.config import load_run_config
+    from tunegguf.config.run import load_run_config
     from tunegguf.data.prepare import load_split
     from tunegguf.export.imatrix import collect_importance, load_for_collection, quantization_error, write_imatrix
     from tunegguf.export.quantize import quantize_gguf

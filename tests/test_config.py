@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunegguf.config import RunConfig, load_run_config, run_config_dict
-from tunegguf.configuration import from_dict
+from tunegguf.config.run import RunConfig, load_run_config
+from tunegguf.config.typed import from_dict, to_dict
 from tunegguf.errors import TuneGGUFError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -56,7 +56,7 @@ def test_bad_yaml_file(tmp_path):
 
 def test_resolved_config_round_trips():
     config = load_run_config(None, ["data.label_map={0: negative, 1: positive}"])
-    again = from_dict(RunConfig, yaml.safe_load(yaml.safe_dump(run_config_dict(config))))
+    again = from_dict(RunConfig, yaml.safe_load(yaml.safe_dump(to_dict(config))))
     assert again == config
     assert config.data.label_map == {"0": "negative", "1": "positive"}
 
@@ -77,3 +77,17 @@ def test_shipped_configs_cover_the_documented_setups():
     assert t4.prompt.format == "alpaca" and t4.model.load_in_4bit is True
     amazon = load_run_config(Path(CONFIGS[0]).parent / "llama31_8b_amazon_a100.yaml")
     assert amazon.data.balance == "undersample" and amazon.finetune.metric_for_best == "macro_f1"
+
+
+def test_a_flag_goes_through_the_checks_of_its_yaml_key(tmp_path):
+    """Command flags are applied before validation: a bad flag value is refused like the YAML's."""
+    with pytest.raises(TuneGGUFError, match=r"^--limit: evaluate.limit must be at least 1"):
+        load_run_config(None, [], flags={"evaluate.limit": ("--limit", 0)})
+    with pytest.raises(TuneGGUFError, match=r"^--run-dir: run_dir: expected text"):
+        load_run_config(None, [], flags={"run_dir": ("--run-dir", ["a"])})
+    # Flags win over --set; a flag left out (None) leaves the file's value alone.
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("evaluate:\n  limit: 5\n  bootstrap: 7\n")
+    config = load_run_config(config_file, ["evaluate.limit=6"], flags={"evaluate.limit": ("--limit", 9),
+                                                                       "evaluate.bootstrap": ("--bootstrap", None)})
+    assert config.evaluate.limit == 9 and config.evaluate.bootstrap == 7

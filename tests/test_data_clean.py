@@ -96,7 +96,7 @@ def test_leakage_is_only_warned_when_dedupe_is_off(tmp_path):
                                  {"labels": ["a", "a"]},
                                  {"label_map": {"0": "n"}, "star_ratings": {"1-2": "n"}}])
 def test_config_checks_name_the_setting(bad):
-    from tunegguf.configuration import from_dict
+    from tunegguf.config.typed import from_dict
     from tunegguf.errors import TuneGGUFError
 
     with pytest.raises(TuneGGUFError, match=r"data\.\w+"):

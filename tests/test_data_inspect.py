@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tunegguf.data import DataConfig, inspect_files
-from tunegguf.data.cli import data_group, parse_label_map
+from tunegguf.cli.data import data_group, parse_label_map
 from tunegguf.errors import TuneGGUFError
 
 

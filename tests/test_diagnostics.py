@@ -250,7 +250,7 @@ def test_recommend_rejudges_with_thresholds_and_can_say_none(ladder_report):
 
 
 def test_manifest_diagnostics_and_stages_flag(tmp_path):
-    from tunegguf.evaluate.cli import evaluate_command, manifest_diagnostics
+    from tunegguf.cli.evaluate import evaluate_command, manifest_diagnostics
 
     d = tmp_path / "gguf"
     d.mkdir()
@@ -274,7 +274,7 @@ def test_manifest_diagnostics_and_stages_flag(tmp_path):
 
 
 def test_echo_recommendation(tmp_path, ladder_report):
-    from tunegguf.evaluate.cli import echo_recommendation
+    from tunegguf.cli.evaluate import echo_recommendation
 
     path = tmp_path / "report.json"
     path.write_text(json.dumps(ladder_report))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tunegguf.evaluate.cli import evaluate_command, parse_gguf_options
+from tunegguf.cli.evaluate import evaluate_command, parse_gguf_options
 from tunegguf.evaluate.manifest import gguf_dir_files, quant_name
 from tunegguf.errors import TuneGGUFError
 
@@ -30,7 +30,7 @@ ROWS = [
 
 def test_help_is_fast_and_imports_nothing_heavy():
     code = (
-        "import sys; from click.testing import CliRunner; from tunegguf.evaluate.cli import evaluate_command;"
+        "import sys; from click.testing import CliRunner; from tunegguf.cli.evaluate import evaluate_command;"
         "r = CliRunner().invoke(evaluate_command, ['--help']); assert r.exit_code == 0, r.output;"
         "assert '--gguf-dir' in r.output and '--check' in r.output;"
         "heavy = [m for m in ('torch', 'transformers', 'llama_cpp', 'sklearn', 'matplotlib') if m in sys.modules];"
@@ -134,17 +134,18 @@ def test_cli_end_to_end(tmp_path, smollm2_dir, smollm2_f16_gguf):
 @pytest.mark.slow  # the data stage also builds the default (demo) train split: seconds
 def test_raw_data_file_is_prepared_with_the_config(tmp_path):
     """A CSV (not a frozen split) goes through the data stage and becomes the test split whole."""
-    from tunegguf.config import load_run_config
-    from tunegguf.evaluate.cli import load_examples
+    from tunegguf.config.run import load_run_config
+    from tunegguf.evaluate.inputs import load_examples
 
     csv = tmp_path / "reviews.csv"
     csv.write_text("text,label\n" + "".join(
         f"review number {i} is {'good' if i % 2 else 'bad'},{'positive' if i % 2 else 'negative'}\n" for i in range(20)
     ))
-    examples, labels = load_examples(csv, load_run_config(None, []), tmp_path / "out")
+    config = load_run_config(None, [])
+    examples, labels = load_examples(csv, config.data, config.evaluate.split, tmp_path / "out")
     assert labels == ["negative", "positive"]
     assert len(examples) == 20
     assert {e.text for e in examples} == {f"review number {i} is {'good' if i % 2 else 'bad'}" for i in range(20)}
     frozen = write_split(tmp_path / "test.jsonl", ROWS)
-    examples, labels = load_examples(frozen, load_run_config(None, []), tmp_path / "out2")
+    examples, labels = load_examples(frozen, config.data, config.evaluate.split, tmp_path / "out2")
     assert [e.id for e in examples] == ["a", "b", "c", "d"] and labels == []

@@ -278,7 +278,7 @@ def test_select_gguf_files(tmp_path):
 
 
 def test_config_checks():
-    from tunegguf.configuration import from_dict
+    from tunegguf.config.typed import from_dict
 
     with pytest.raises(TuneGGUFError, match="evaluate.modes"):
         from_dict(EvaluateConfig, {"modes": []})

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 from click.testing import CliRunner
 
-from tunegguf.export.cli import export_group
+from tunegguf.cli.export import export_group
 
 
 def test_help_of_every_command_and_no_heavy_imports():
     code = (
-        "import sys; from click.testing import CliRunner; from tunegguf.export.cli import export_group;"
+        "import sys; from click.testing import CliRunner; from tunegguf.cli.export import export_group;"
         "r = CliRunner();"
         "codes = [r.invoke(export_group, a).exit_code for a in (['--help'], ['run', '--help'], ['verify', '--help'])];"
         "print(codes, [m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules])"

@@ -32,7 +32,7 @@ def test_plan_drops_duplicates_and_the_unquantized_type():
 
 
 def test_config_checks_name_the_setting():
-    from tunegguf.configuration import from_dict
+    from tunegguf.config.typed import from_dict
 
     with pytest.raises(TuneGGUFError, match="export.erased_threshold"):
         from_dict(ExportConfig, {"erased_threshold": 2})

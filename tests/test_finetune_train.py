@@ -185,7 +185,7 @@ def test_unknown_target_module_is_named(tmp_path):
 WORKER = textwrap.dedent('''
     import json, sys
     from pathlib import Path
-    from tunegguf.configuration import from_dict
+    from tunegguf.config.typed import from_dict
     from tunegguf.data.example import Example
     from tunegguf.finetune import FinetuneConfig, run
     from tunegguf.models import ModelConfig

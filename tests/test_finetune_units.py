@@ -103,7 +103,7 @@ def test_answer_merging_into_the_prompt_and_missing_labels_are_refused():
     ],
 )
 def test_bad_settings_name_the_setting(settings, message):
-    from tunegguf.config import load_run_config
+    from tunegguf.config.run import load_run_config
 
     overrides = [f"finetune.{k}={json.dumps(v)}" for k, v in settings.items()]
     with pytest.raises(TuneGGUFError, match=message.replace(".", r"\.")):
@@ -111,7 +111,7 @@ def test_bad_settings_name_the_setting(settings, message):
 
 
 def test_unknown_setting_suggests_the_closest():
-    from tunegguf.config import load_run_config
+    from tunegguf.config.run import load_run_config
 
     with pytest.raises(TuneGGUFError, match="unknown setting 'finetune.lora_rank'.*did you mean 'lora_r'"):
         load_run_config(None, ["finetune.lora_rank=8"])
@@ -250,12 +250,12 @@ def test_cli_help_is_instant_and_lists_options():
     import subprocess
     import sys
 
-    code = ("import sys; from tunegguf.finetune.cli import finetune_command; "
+    code = ("import sys; from tunegguf.cli.finetune import finetune_command; "
             "heavy = [m for m in ('torch', 'transformers', 'unsloth', 'trl') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    from tunegguf.finetune.cli import finetune_command
+    from tunegguf.cli.finetune import finetune_command
 
     result = CliRunner().invoke(finetune_command, ["--help"])
     assert result.exit_code == 0
@@ -266,7 +266,7 @@ def test_cli_help_is_instant_and_lists_options():
 def test_cli_prepares_data_and_passes_settings(tmp_path, monkeypatch):
     import tunegguf.data
     import tunegguf.finetune
-    from tunegguf.finetune.cli import finetune_command
+    from tunegguf.cli.finetune import finetune_command
 
     calls = {}
 

@@ -63,7 +63,7 @@ def test_imatrix_quants_are_checked_before_any_work(tmp_path):
 
 
 def test_imatrix_rows_setting_is_validated():
-    from tunegguf.configuration import from_dict
+    from tunegguf.config.typed import from_dict
 
     with pytest.raises(TuneGGUFError, match="export.imatrix_rows"):
         from_dict(ExportConfig, {"imatrix_rows": 0})

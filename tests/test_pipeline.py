@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from tunegguf.cli import LAZY_COMMANDS, cli
-from tunegguf.config import load_run_config
+from tunegguf.config.run import load_run_config
 from tunegguf.errors import TuneGGUFError
 from tunegguf.io import read_jsonl
 from tunegguf.pipeline.run import STAGES, run_pipeline, stage_fingerprints

@@ -124,7 +124,7 @@ def test_evaluate_cli_scores_a_running_server_like_the_gguf(server_url, smollm2_
 
     from click.testing import CliRunner
 
-    from tunegguf.evaluate.cli import evaluate_command
+    from tunegguf.cli.evaluate import evaluate_command
     from tunegguf.io import read_jsonl
 
     texts = ["One long string of cliches.", "A gorgeous, witty, seductive movie.", "Dull and lifeless.",

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunegguf.configuration import to_dict
-from tunegguf.data import split as splitting
+from tunegguf.config.typed import to_dict
+import tunegguf.data.split as splitting
 from tunegguf.data.clean import Cleaned, dedupe, drop_overlap, overlap, to_examples
 from tunegguf.data.config import DataConfig
 from tunegguf.data.example import Example

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunegguf.configuration import to_dict
+from tunegguf.config.typed import to_dict
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.export.config import ExportConfig

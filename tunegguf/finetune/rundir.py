@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunegguf.configuration import to_dict
+from tunegguf.config.typed import to_dict
 from tunegguf.data.example import Example
 from tunegguf.finetune.callbacks import STATE_FILE
 from tunegguf.io import read_json, read_jsonl, write_jsonl

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tunegguf.config import RunConfig, load_run_config
+from tunegguf.config.run import RunConfig, load_run_config
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.io import read_json

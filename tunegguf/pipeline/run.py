@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunegguf.config import RunConfig, run_config_dict
-from tunegguf.configuration import to_dict, write_yaml
+from tunegguf.config.run import RunConfig
+from tunegguf.config.typed import to_dict, write_yaml
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.io import read_json, write_json
 
@@ -46,7 +46,7 @@ class PipelineResult:
 
 def stage_fingerprints(config: RunConfig) -> dict[str, str]:
     """Fingerprint per stage: its config sections plus the fingerprint of the stage before."""
-    data = run_config_dict(config)
+    data = to_dict(config)
     out, previous = {}, ""
     for stage in STAGES:
         payload = json.dumps({k: data[k] for k in STAGE_INPUTS[stage]}, sort_keys=True) + previous
@@ -107,7 +107,7 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
             raise TuneGGUFError(f"{flag} {value!r} is not a stage{closest(value, STAGES)}; stages: {', '.join(STAGES)}")
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", run_config_dict(config))
+    write_yaml(run_dir / "config.yaml", to_dict(config))
     write_json(run_dir / "environment.json", environment_record(config))
     book = _StageBook(run_dir / "stages.json")
     if from_stage:

@@ -11,19 +11,9 @@ from typing import Any
 
 import click
 
-from tunegguf.configuration import comma_list
+from tunegguf.cli.common import Command, comma_list, echo_table
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate.manifest import gguf_dir_files, manifest_diagnostics
-
-
-
-class _UserError(click.ClickException):
-    """One line, exit status 2: the same contract as the top-level `tunegguf` command."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 def parse_gguf_options(values: tuple[str, ...]) -> dict[str, Path]:
@@ -38,63 +28,21 @@ def parse_gguf_options(values: tuple[str, ...]) -> dict[str, Path]:
     return files
 
 
-def _echo_table(columns: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in [c] + [r[i] for r in rows]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for row in rows:
-        click.echo("  ".join(str(x).replace("**", "").ljust(w) for x, w in zip(row, widths)))
-
-
 def echo_recommendation(report_json: Path) -> None:
     from tunegguf.evaluate.recommend import recommend
     from tunegguf.evaluate.report.tables import imatrix_table
 
     report = json.loads(Path(report_json).read_text(encoding="utf-8"))
     rec = recommend(report)
-    _echo_table(*rec.table())
+    echo_table(*rec.table())
     imatrix_columns, imatrix_rows = imatrix_table({**report, "recommendation": rec.to_dict()})
     if imatrix_rows:
         click.echo("\nimportance matrix (plain → imatrix):")
-        _echo_table(imatrix_columns, imatrix_rows)
+        echo_table(imatrix_columns, imatrix_rows)
     if rec.choice:
         click.secho(f"recommended: {rec.choice} — {rec.reason}", fg="green")
     else:
         click.secho(f"recommended: none — {rec.reason}", fg="red")
-
-
-def _looks_frozen(path: Path) -> bool:
-    """A frozen split: JSON lines of Example.to_dict() (an id and a text or instruction)."""
-    if path.suffix != ".jsonl":
-        return False
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise TuneGGUFError(f"{path}: the first row is not valid JSON") from None
-                return isinstance(row, dict) and "id" in row and ("text" in row or "instruction" in row)
-    return False
-
-
-def load_examples(data: Path, run_config: Any, out_dir: Path) -> tuple[list, list[str]]:
-    """Examples to score and the labels the data stage found (may be empty)."""
-    from tunegguf.data.example import Example
-    from tunegguf.io import read_jsonl
-
-    if _looks_frozen(data):
-        return [Example.from_dict(row) for row in read_jsonl(data)], []
-    # A raw data file: the data stage cleans it with the config's columns and label map,
-    # and the file becomes the test split as a whole.
-    try:
-        from tunegguf.data.prepare import prepare
-    except ImportError:
-        raise TuneGGUFError(
-            f"{data} is not a frozen split (JSON lines with id and text); prepare it with `tunegguf data prepare`"
-        ) from None
-    run_config.data.test = str(data)
-    prepared = prepare(run_config.data, out_dir / "data")
-    return prepared.load(run_config.evaluate.split), list(prepared.labels)
 
 
 def echo_result(result: Any) -> None:
@@ -109,7 +57,7 @@ def echo_result(result: Any) -> None:
     click.echo(f"reports: {result.report_md} {result.report_html} {result.report_json}")
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=Command)
 @click.option("--hf", "hf_model", default=None,
               help="HF checkpoint directory (merged, or the base of --adapter), alias or hub name "
                    "[default: model.name of the config].")
@@ -140,11 +88,8 @@ def echo_result(result: Any) -> None:
 def evaluate_command(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
                      check, show_recommendation, stages, servers) -> None:
     """Score the HF model and each GGUF on the same rows; write report.md/.html/.json."""
-    try:
-        result = _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
-                           stages, servers)
-    except TuneGGUFError as exc:
-        raise _UserError(str(exc)) from None
+    result = _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
+                       stages, servers)
     echo_result(result)
     if show_recommendation:
         echo_recommendation(result.report_json)
@@ -154,14 +99,11 @@ def evaluate_command(hf_model, adapter, ggufs, gguf_dir, data, labels, config_pa
 
 def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
               stages=False, servers=()):
-    from tunegguf.config import load_run_config
+    from tunegguf.config.run import load_run_config
+    from tunegguf.evaluate.inputs import load_examples
     from tunegguf.evaluate.runner import run
 
-    config = load_run_config(config_path, list(overrides))
-    if limit is not None:
-        if limit < 1:
-            raise TuneGGUFError("--limit must be at least 1")
-        config.evaluate.limit = limit
+    config = load_run_config(config_path, list(overrides), flags={"evaluate.limit": ("--limit", limit)})
     out_dir = Path(out_dir) if out_dir else Path(config.run_dir) / "evaluate"
     gguf_files = gguf_dir_files(gguf_dir) if gguf_dir else {}
     extras = manifest_diagnostics(gguf_dir) if gguf_dir else {"modelfiles": {}, "weight_parity": {}, "adapter_reference": None}
@@ -169,7 +111,7 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
         raise TuneGGUFError("--stages needs --gguf-dir with an export manifest.json naming base_dir and adapter_dir")
     for name, path in parse_gguf_options(ggufs).items():
         gguf_files[name] = path
-    examples, found_labels = load_examples(data, config, out_dir)
+    examples, found_labels = load_examples(data, config.data, config.evaluate.split, out_dir)
     if labels:
         label_list = comma_list(labels)
     else:

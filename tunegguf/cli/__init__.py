@@ -1,7 +1,8 @@
 """The `tunegguf` command: parse, call a stage's function, print. No logic lives here.
 
-Stage commands are imported lazily (click's LazyGroup pattern), so `tunegguf --help` does
-not import torch, and a user mistake (TuneGGUFError) prints one line and exits 2.
+Each command lives in a module of this package and calls a stage's function; the commands
+are imported lazily (click's LazyGroup pattern), so `tunegguf --help` does not import torch,
+and a user mistake (TuneGGUFError) prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -13,21 +14,21 @@ import sys
 import click
 
 from tunegguf import __version__
-from tunegguf.errors import TuneGGUFError
+from tunegguf.cli.common import Group
 
 LAZY_COMMANDS = {
-    "run": ("tunegguf.pipeline.cli", "run_command", "Data -> fine-tune -> export -> evaluate from one YAML config."),
-    "data": ("tunegguf.data.cli", "data_group", "Inspect datasets."),
-    "finetune": ("tunegguf.finetune.cli", "finetune_command", "LoRA/QLoRA fine-tune with the task metric in the loop."),
-    "export": ("tunegguf.export.cli", "export_group", "Merge, convert to GGUF, quantize, verify."),
-    "evaluate": ("tunegguf.evaluate.cli", "evaluate_command", "Parity report: the HF model vs each GGUF."),
-    "predict": ("tunegguf.pipeline.predict_cli", "predict_command", "Classify text with a GGUF or HF model."),
-    "config": ("tunegguf.pipeline.cli", "config_group", "Validate or show a run config."),
+    "run": ("tunegguf.cli.run", "run_command", "Data -> fine-tune -> export -> evaluate from one YAML config."),
+    "data": ("tunegguf.cli.data", "data_group", "Inspect datasets."),
+    "finetune": ("tunegguf.cli.finetune", "finetune_command", "LoRA/QLoRA fine-tune with the task metric in the loop."),
+    "export": ("tunegguf.cli.export", "export_group", "Merge, convert to GGUF, quantize, verify."),
+    "evaluate": ("tunegguf.cli.evaluate", "evaluate_command", "Parity report: the HF model vs each GGUF."),
+    "predict": ("tunegguf.cli.predict", "predict_command", "Classify text with a GGUF or HF model."),
+    "config": ("tunegguf.cli.run", "config_group", "Validate or show a run config."),
 }
 
 
-class TuneGGUFGroup(click.Group):
-    """A group that loads subcommands on demand and turns TuneGGUFError into one line."""
+class TuneGGUFGroup(Group):
+    """A group that loads subcommands on demand; TuneGGUFError is one line (see `Group`)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
@@ -44,19 +45,6 @@ class TuneGGUFGroup(click.Group):
         rows += [(name, cmd.get_short_help_str()) for name, cmd in sorted(self.commands.items())]
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except TuneGGUFError as exc:
-            raise UserError(str(exc)) from None
-
-
-class UserError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 @click.group(cls=TuneGGUFGroup)

@@ -6,8 +6,10 @@ import json
 
 import click
 
+from tunegguf.cli.common import Command, Group
 
-@click.command("run")
+
+@click.command("run", cls=Command)
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a setting, e.g. --set finetune.max_steps=60 (repeatable).")
@@ -22,11 +24,10 @@ def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | Non
     Finished stages are skipped when their settings did not change; a killed run continues
     where it stopped when started again with the same command.
     """
-    from tunegguf.config import load_run_config
+    from tunegguf.config.run import load_run_config
     from tunegguf.pipeline.run import run_pipeline
 
-    extra = list(overrides) + ([f"run_dir={run_dir}"] if run_dir else [])
-    config = load_run_config(config_path, extra)
+    config = load_run_config(config_path, list(overrides), flags={"run_dir": ("--run-dir", run_dir)})
     result = run_pipeline(config, from_stage=from_stage, until=until, log=lambda line: click.echo(line, err=True))
     click.echo("")
     if result.report_html is None:
@@ -43,7 +44,7 @@ def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | Non
     click.echo(f"summary: {result.report_md}")
 
 
-@click.group("config")
+@click.group("config", cls=Group)
 def config_group() -> None:
     """Validate or show a run config."""
 
@@ -53,7 +54,7 @@ def config_group() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def validate_command(config_path: str, overrides: tuple[str, ...]) -> None:
     """Check every key and value; print 'ok' or the first problem (with the closest key)."""
-    from tunegguf.config import load_run_config
+    from tunegguf.config.run import load_run_config
 
     load_run_config(config_path, list(overrides))
     click.echo(f"{config_path}: ok")
@@ -67,7 +68,8 @@ def show_command(config_path: str | None, overrides: tuple[str, ...], as_json: b
     """Print the resolved config (defaults < file < --set)."""
     import yaml
 
-    from tunegguf.config import load_run_config, run_config_dict
+    from tunegguf.config.run import load_run_config
+    from tunegguf.config.typed import to_dict
 
-    data = run_config_dict(load_run_config(config_path, list(overrides)))
+    data = to_dict(load_run_config(config_path, list(overrides)))
     click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from tunegguf.cli.common import Command, comma_list
+
 
 def _read_table(path: Path, text_column: str):
     import pandas as pd
@@ -49,7 +51,7 @@ def _write_table(frame, path: Path) -> None:
             frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
 
 
-@click.command("predict")
+@click.command("predict", cls=Command)
 @click.argument("texts", nargs=-1)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A tunegguf run directory (prompt, labels, exported files).")
 @click.option("--model", default=None, help="A quant name from the run (Q4_K_M, f16, ...), a .gguf file, or an HF checkpoint directory.")
@@ -68,8 +70,7 @@ def predict_command(texts, run_dir, model, config_path, labels, input_path, outp
     cat reviews.txt | tunegguf predict --run runs/demo --model f16
     tunegguf predict --run runs/demo --input reviews.csv --output scored.csv
     """
-    from tunegguf.config import load_run_config
-    from tunegguf.configuration import comma_list
+    from tunegguf.config.run import load_run_config
     from tunegguf.errors import TuneGGUFError
     from tunegguf.pipeline.predict import Predictor, predict, predictor_from_run
 

@@ -13,19 +13,11 @@ from pathlib import Path
 
 import click
 
+from tunegguf.cli.common import Group, UserError, comma_list
 from tunegguf.errors import TuneGGUFError
 
 
-class _UserError(click.ClickException):
-    """One line, exit status 2 (the same contract as the top-level CLI)."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-@click.group("export")
+@click.group("export", cls=Group)
 def export_group() -> None:
     """Merge, convert to GGUF, quantize, verify (subcommands: run, verify)."""
 
@@ -42,35 +34,31 @@ def export_group() -> None:
 @click.option("--set", "overrides", multiple=True, help="KEY=VALUE override, e.g. export.verify_max_tokens=32.")
 def run_command(base, adapter, out, quants, labels, imatrix_quants, imatrix_data, config_path, overrides) -> None:
     """Export a merged model to verified GGUF files (f16 + each quant), Modelfiles and a manifest."""
-    from tunegguf.config import load_run_config
-    from tunegguf.configuration import comma_list
+    from tunegguf.config.run import load_run_config
     from tunegguf.export.stage import run
 
-    try:
-        config = load_run_config(config_path, list(overrides))
-        if quants is not None:
-            config.export.quants = comma_list(quants)
-        if imatrix_quants is not None:
-            config.export.imatrix_quants = comma_list(imatrix_quants)
-        label_list = comma_list(labels) if labels else None
-        calibration = None
-        if imatrix_data is not None:
-            from tunegguf.data.prepare import load_split
+    config = load_run_config(config_path, list(overrides), flags={
+        "export.quants": ("--quants", comma_list(quants) if quants is not None else None),
+        "export.imatrix_quants": ("--imatrix-quants", comma_list(imatrix_quants) if imatrix_quants is not None else None),
+        "model.name": ("--base", base),
+    })
+    label_list = comma_list(labels) if labels else None
+    calibration = None
+    if imatrix_data is not None:
+        from tunegguf.data.prepare import load_split
 
-            if imatrix_data.suffix != ".jsonl":
-                raise TuneGGUFError(f"--imatrix-data {imatrix_data}: expected a prepared split (.jsonl, e.g. "
-                                    "runs/<name>/data/train.jsonl); run `tunegguf data prepare` on raw files first")
-            calibration = load_split(imatrix_data)
-        result = run(
-            config.export, base_model=base or config.model.name, adapter_dir=adapter,
-            out_dir=out or Path(config.run_dir) / "export", prompt=config.prompt, labels=label_list,
-            calibration=calibration,
-        )
-    except TuneGGUFError as exc:
-        raise _UserError(str(exc)) from None
+        if imatrix_data.suffix != ".jsonl":
+            raise TuneGGUFError(f"--imatrix-data {imatrix_data}: expected a prepared split (.jsonl, e.g. "
+                                "runs/<name>/data/train.jsonl); run `tunegguf data prepare` on raw files first")
+        calibration = load_split(imatrix_data)
+    result = run(
+        config.export, base_model=config.model.name, adapter_dir=adapter,
+        out_dir=out or Path(config.run_dir) / "export", prompt=config.prompt, labels=label_list,
+        calibration=calibration,
+    )
     _print_result(result)
     if result.failed:
-        raise _UserError(f"{len(result.failed)} file(s) failed verification: "
+        raise UserError(f"{len(result.failed)} file(s) failed verification: "
                          + ", ".join(f.path.name for f in result.failed) + f"; see {result.manifest_path}")
 
 
@@ -121,18 +109,15 @@ def verify_command(file, hf_dir, base, merged, prompt_text, max_tokens, erased_t
     from tunegguf.export.verify import verify_gguf
 
     if (base is None) != (merged is None):
-        raise _UserError("--base and --merged go together: the weight parity compares the GGUF with both")
-    try:
-        result = verify_gguf(file, hf_dir=hf_dir, prompt_text=prompt_text, max_tokens=max_tokens)
-        parity = None
-        if base is not None and result.check("load").status == "pass":
-            from tunegguf.export.parity import weight_parity
-            from tunegguf.export.stage import local_checkpoint
+        raise UserError("--base and --merged go together: the weight parity compares the GGUF with both")
+    result = verify_gguf(file, hf_dir=hf_dir, prompt_text=prompt_text, max_tokens=max_tokens)
+    parity = None
+    if base is not None and result.check("load").status == "pass":
+        from tunegguf.export.parity import weight_parity
+        from tunegguf.export.stage import local_checkpoint
 
-            parity = weight_parity(file, base_dir=local_checkpoint(base), merged_dir=merged,
-                                   erased_threshold=erased_threshold, progress=True, imatrix=imatrix)
-    except TuneGGUFError as exc:
-        raise _UserError(str(exc)) from None
+        parity = weight_parity(file, base_dir=local_checkpoint(base), merged_dir=merged,
+                               erased_threshold=erased_threshold, progress=True, imatrix=imatrix)
     load = result.check("load")
     if load.status == "fail":  # a corrupt or truncated file: one line, no traceback
         click.echo(f"error: not a loadable GGUF: {load.detail}", err=True)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import click
 
+from tunegguf.cli.common import Command
 
-@click.command("finetune")
+
+@click.command("finetune", cls=Command)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Run config (YAML); defaults apply to anything it leaves out.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -25,12 +27,12 @@ import click
 def finetune_command(config_path: str | None, overrides: tuple[str, ...], run_dir: str | None,
                      resume: bool, overwrite: bool) -> None:
     """LoRA fine-tune with the task metric scored in the loop; keeps the best adapter."""
-    from tunegguf.config import load_run_config
+    from tunegguf.config.run import load_run_config
     from tunegguf.data import prepare
     from tunegguf.finetune import run
 
-    config = load_run_config(config_path, list(overrides))
-    root = Path(run_dir or config.run_dir)
+    config = load_run_config(config_path, list(overrides), flags={"run_dir": ("--run-dir", run_dir)})
+    root = Path(config.run_dir)
     data = prepare(config.data, root / "data")
     manifest = data.manifest or {}
     result = run(

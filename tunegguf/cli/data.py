@@ -5,25 +5,13 @@ Parsing and printing only; the work is in `inspect_files` and `prepare`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import click
 
+from tunegguf.cli.common import Group
 from tunegguf.errors import TuneGGUFError
-
-
-class _DataGroup(click.Group):
-    """Turns TuneGGUFError into the one-line `error: ...` exit 2, also when used on its own."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except TuneGGUFError as exc:
-            from tunegguf.cli import UserError
-
-            raise UserError(str(exc)) from None
 
 
 def parse_label_map(text: str | None) -> dict[str, str]:
@@ -39,13 +27,7 @@ def parse_label_map(text: str | None) -> dict[str, str]:
     return mapping
 
 
-def _data_config(config_path: str | None, overrides: list[str] | None = None):
-    from tunegguf.config import load_run_config
-
-    return load_run_config(config_path, overrides)
-
-
-@click.group("data", cls=_DataGroup)
+@click.group("data", cls=Group)
 def data_group() -> None:
     """Inspect datasets and freeze the train / validation / test splits."""
 
@@ -60,21 +42,17 @@ def data_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON only.")
 def inspect_command(files, text_columns, label_column, label_map, config_path, as_json) -> None:
     """Rows, label distribution, text lengths, duplicates and leakage of FILE... ('demo' works too)."""
+    from tunegguf.config.run import load_run_config
     from tunegguf.data.inspect import inspect_files, render_inspection
 
-    config = _data_config(config_path).data
-    changes = {}
-    if text_columns:
-        changes["text_columns"] = list(text_columns)
-    if label_column is not None:
-        changes["label_column"] = label_column
-    if label_map is not None:
-        changes["label_map"] = parse_label_map(label_map)
-        changes["star_ratings"] = {}
-    try:
-        config = dataclasses.replace(config, **changes)
-    except ValueError as exc:  # the config's own checks, e.g. an empty column list
-        raise TuneGGUFError(str(exc)) from None
+    label_mapping = parse_label_map(label_map) if label_map is not None else None
+    config = load_run_config(config_path, flags={
+        "data.text_columns": ("--text-column", list(text_columns) or None),
+        "data.label_column": ("--label-column", label_column),
+        "data.label_map": ("--label-map", label_mapping),
+        # An explicit label map replaces the config's star-rating buckets.
+        "data.star_ratings": ("--label-map", {} if label_mapping is not None else None),
+    }).data
     report = inspect_files(list(files), config)
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
@@ -89,9 +67,10 @@ def inspect_command(files, text_columns, label_column, label_map, config_path, a
               help="Where the frozen splits go (default: <run_dir>/data).")
 def prepare_command(config_path, overrides, out_dir) -> None:
     """Load, clean, split and freeze the data of a run config; reuse the files when unchanged."""
+    from tunegguf.config.run import load_run_config
     from tunegguf.data.prepare import prepare
 
-    run_config = _data_config(config_path, list(overrides))
+    run_config = load_run_config(config_path, list(overrides))
     out = Path(out_dir) if out_dir else Path(run_config.run_dir) / "data"
     result = prepare(run_config.data, out)
     state = "reused" if result.reused else "written"

@@ -20,11 +20,6 @@ from tunegguf.errors import TuneGGUFError, closest
 T = TypeVar("T")
 
 
-def comma_list(text: str) -> list[str]:
-    """'Q8_0, Q4_K_M,' -> ['Q8_0', 'Q4_K_M']: a comma-separated CLI value, blanks dropped."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
@@ -144,19 +139,27 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def set_setting(data: dict[str, Any], path: list[str], value: Any, source: str) -> None:
+    """Set data[a][b][c] = value for path ['a', 'b', 'c'], creating groups on the way.
+
+    `source` names where the value came from (`--set KEY=VALUE`, `--quants`) for the error.
+    """
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise TuneGGUFError(f"{source}: '{part}' is not a group of settings")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """Apply dotted KEY=VALUE overrides to a nested dict (in place; returned for chaining)."""
     for assignment in assignments:
         path, value = parse_override(assignment)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise TuneGGUFError(f"--set {assignment!r}: '{part}' is not a group of settings")
-            node = child
-        node[path[-1]] = value
+        set_setting(data, path, value, f"--set {assignment!r}")
     return data
 
 
