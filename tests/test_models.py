@@ -109,7 +109,7 @@ def test_smollm2_hf_and_f16_gguf_next_token_distributions_agree(smollm2_dir, smo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunegguf.evaluate.backends.hf import last_position_logprobs
+    from tunegguf.scoring.logprobs import last_position_logprobs
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     texts = [

@@ -19,7 +19,8 @@ from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.evaluate.backends.base import Backend
 from tunegguf.evaluate.config import EvaluateConfig
-from tunegguf.evaluate.metrics import bootstrap_weights, collapse_warning, model_metrics
+from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
+from tunegguf.scoring.metrics import collapse_warning
 from tunegguf.evaluate.parity import flipped_examples, prediction_parity, probability_parity, verdict
 from tunegguf.evaluate.scoring import ModelScores, ReferenceLogprobs, score_model
 from tunegguf.io import require_free_disk
@@ -405,7 +406,7 @@ def build_report(
     from datetime import datetime, timezone
 
     from tunegguf import __version__
-    from tunegguf.configuration import to_dict
+    from tunegguf.config.typed import to_dict
 
     y_true = [e.label for e in examples]
     weights = bootstrap_weights(len(examples), config.bootstrap, config.seed)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tunegguf.evaluate.metrics import collapse_warning
+from tunegguf.scoring.metrics import collapse_warning
 from tunegguf.finetune.scoring import Evaluator
 from tunegguf.io import append_jsonl, atomic_dir, read_json, write_json
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from tunegguf.data.example import Example
-from tunegguf.evaluate.metrics import classification_metrics
+from tunegguf.scoring.metrics import classification_metrics
 from tunegguf.finetune.rows import build_rows
 from tunegguf.prompts import PromptRenderer, label_token_ids
 
@@ -98,7 +98,7 @@ def predict_labels(
     model: Any, tokenizer: Any, prompts: Sequence[str], label_ids: Sequence[int], labels: Sequence[str], batch_size: int
 ) -> list[str]:
     """Argmax over the labels' first-token log-probs at each prompt's answer position."""
-    from tunegguf.evaluate.backends.hf import last_position_logprobs
+    from tunegguf.scoring.logprobs import last_position_logprobs
 
     scores = last_position_logprobs(model, tokenizer, prompts, batch_size=batch_size, keep_ids=label_ids)
     return [labels[i] for i in scores.argmax(axis=1)]

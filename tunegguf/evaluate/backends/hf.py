@@ -1,75 +1,19 @@
 """Transformers backend: batched label scoring (one forward pass) and greedy generation.
 
-The two functions at the top are shared with the fine-tune stage (validation scoring);
-`HFBackend` wraps them, plus loading and generation, in the evaluator's Backend protocol.
+`HFBackend` wraps the scoring shared with the fine-tune stage (`tunegguf.scoring.logprobs`),
+plus loading and generation, in the evaluator's Backend protocol.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from tunegguf.errors import TuneGGUFError
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Ids of rendered prompts: specials parsed, nothing added (the renderer wrote BOS)."""
-    return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-
-
-def last_position_logprobs(
-    model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16, keep_ids: Sequence[int] | None = None
-) -> np.ndarray:
-    """Log-softmax at each prompt's last position, [n, vocab] (or [n, len(keep_ids)]).
-
-    Left padding puts every prompt's last token at index -1, and `logits_to_keep=1` skips
-    the LM head everywhere else (the head is most of the compute for a small model).
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = []
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for batch in _batches(list(prompts), batch_size):
-            input_ids, attention = _left_pad(encode_prompts(tokenizer, batch), pad_id)
-            # Positions must count from each prompt's first real token, as unpadded.
-            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-            logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                position_ids=position_ids.to(device),
-                logits_to_keep=1,
-            ).logits[:, -1, :].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            if keep_ids is not None:
-                logprobs = logprobs[:, list(keep_ids)]
-            out.append(logprobs.cpu().numpy())
-    if was_training:
-        model.train()
-    return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
-
-
-def _left_pad(ids: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    import torch
-
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        input_ids[row, width - len(seq):] = torch.tensor(seq)
-        attention[row, width - len(seq):] = 1
-    return input_ids, attention
+from tunegguf.scoring.logprobs import batches, encode_prompts, last_position_logprobs, left_pad
 
 
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
@@ -150,8 +94,8 @@ class HFBackend:
         device = next(self.model.parameters()).device
         results: list[tuple[str, bool]] = []
         with torch.inference_mode():
-            for batch in _batches(list(prompts), self.batch_size):
-                input_ids, attention = _left_pad(encode_prompts(self.tokenizer, batch), self.pad_id)
+            for batch in batches(list(prompts), self.batch_size):
+                input_ids, attention = left_pad(encode_prompts(self.tokenizer, batch), self.pad_id)
                 out = self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
                 )
