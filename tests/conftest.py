@@ -17,6 +17,25 @@ os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
 SHARED_SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_in_tmp(tmp_path_factory) -> Path:
+    """tunegguf's cache (the embedded models it builds, llama.cpp probes) lives in a session
+    temporary directory, so tests never write to the real user cache; the embedded model
+    is built there once per session (about 30 s). Set TUNEGGUF_TEST_CACHE=DIR to reuse a
+    cache between sessions instead (as when iterating on one test)."""
+    reuse = os.environ.get("TUNEGGUF_TEST_CACHE")
+    cache = Path(reuse) if reuse else tmp_path_factory.mktemp("tunegguf-cache")
+    os.environ["TUNEGGUF_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def run_dirs_in_tmp(tmp_path, monkeypatch) -> None:
+    """Each test runs in its own temporary directory, so a default `run_dir` (runs/demo,
+    relative) never lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as an HF checkpoint (built once into the user cache)."""
