@@ -1,0 +1,54 @@
+"""Bad inputs from the reliability issue: each is one clear line (or a meaningful warning), never
+a traceback, and never a silent wrong result. One section per defect class."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from click.testing import CliRunner
+
+from tunegguf.data import DataConfig, inspect_files, prepare
+from tunegguf.errors import TuneGGUFError
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _rows(n=40):
+    return [{"text": f"review number {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
+            for i in range(n)]
+
+
+def _one_line_error(call, *fragments) -> str:
+    with pytest.raises(TuneGGUFError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def _all_examples(result):
+    return [e for split in ("train", "validation", "test") for e in result.load(split)]
+
+
+# ---- #16 YAML error line ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, line", [
+    ('model:\n  name: "tiny\n  max_seq_length: 512\nfinetune:\n  max_steps: 10\n', 2),  # unclosed quote
+    ("finetune:\n  max_steps\n  seed: 3\n", 2),  # a key without its ':'
+    ("data:\n  text_columns: [a, b\n  seed: 1\n", 2),  # unclosed [
+    ("data:\n  train: x\n  - seed\n", 3),  # block errors already pointed right
+])
+def test_yaml_error_names_the_line_to_fix(tmp_path, text, line):
+    from tunegguf.config import load_run_config
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    _one_line_error(lambda: load_run_config(path), f"not valid YAML at line {line}:")
