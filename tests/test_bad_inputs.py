@@ -37,6 +37,25 @@ def _all_examples(result):
     return [e for split in ("train", "validation", "test") for e in result.load(split)]
 
 
+# ---- #13 cache directory ----------------------------------------------------------------
+
+
+def test_cache_path_that_is_a_file(tmp_path, monkeypatch):
+    from tunegguf import doctor
+    from tunegguf.models import resolve_model
+
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("TUNEGGUF_CACHE", str(blocker))
+    _one_line_error(lambda: resolve_model("tiny-llama3"), f"{blocker} (from TUNEGGUF_CACHE) is a file",
+                    "set TUNEGGUF_CACHE")
+    monkeypatch.setenv("TUNEGGUF_CACHE", str(blocker / "sub"))
+    _one_line_error(lambda: resolve_model("tiny-llama3"), f"is under {blocker}, which is a file")
+    report = doctor.run()
+    assert not report.ok
+    assert any("TUNEGGUF_CACHE" in problem for problem in report.problems)
+
+
 # ---- #16 YAML error line ------------------------------------------------------------------
 
 
