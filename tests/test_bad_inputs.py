@@ -56,6 +56,21 @@ def test_cache_path_that_is_a_file(tmp_path, monkeypatch):
     assert any("TUNEGGUF_CACHE" in problem for problem in report.problems)
 
 
+# ---- #15 tiny-class warning only on imbalance ---------------------------------------------
+
+
+def test_tiny_class_warning_needs_imbalance(tmp_path):
+    from tunegguf.data.prepare import distribution_warnings
+
+    assert distribution_warnings("test", Counter(negative=8, positive=8), 0.65) == []
+    assert distribution_warnings("test", Counter(a=3, b=3, c=3), 0.65) == []
+    skewed = distribution_warnings("train", Counter(big=95, small=5), 0.65)
+    assert any("class 'small' is tiny (5 of 100 rows, 5.0%" in w for w in skewed)
+    assert not any("'big' is tiny" in w for w in skewed)
+    demo = prepare(DataConfig(max_eval_examples=16, max_train_examples=32), tmp_path / "demo")
+    assert not [w for w in demo.warnings if "tiny" in w], demo.warnings
+
+
 # ---- #16 YAML error line ------------------------------------------------------------------
 
 

@@ -31,6 +31,8 @@ SPLITS = ("train", "validation", "test")
 MANIFEST = "data_manifest.json"
 # Bump when the preparation logic changes what lands in the files, so old runs are redone.
 PREPARE_VERSION = 1
+# A class with under this share of an even split (1 / classes) is "tiny" next to the others.
+TINY_CLASS_SHARE = 0.2
 
 
 @dataclass
@@ -335,7 +337,11 @@ def distribution_warnings(name: str, counts: Counter, imbalance: float) -> list[
             f"{name}: majority class '{label}' is {top / total:.0%} of {total} rows (over {imbalance:.0%}); "
             f"consider data.balance, and read per-class recall, not only accuracy"
         )
+    # Few rows on a small balanced split are not a problem to flag; a class far below an
+    # even share is (too few to learn it, and its recall on the splits is noise).
+    even = 1 / len(counts)
     for label, n in sorted(counts.items()):
-        if n < 10 or n / total < 0.05:
-            warnings.append(f"{name}: class '{label}' is tiny ({n} rows, {n / total:.1%})")
+        if n / total < TINY_CLASS_SHARE * even:
+            warnings.append(f"{name}: class '{label}' is tiny ({n} of {total} rows, {n / total:.1%}; an even split "
+                            f"gives each class {even:.0%}); add rows of it or consider data.balance")
     return warnings
