@@ -56,6 +56,27 @@ def test_cache_path_that_is_a_file(tmp_path, monkeypatch):
     assert any("TUNEGGUF_CACHE" in problem for problem in report.problems)
 
 
+# ---- #14 inspect of a file without rows -------------------------------------------------
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("header.csv", "text,label\n", "only a header line"),
+    ("header.tsv", "text\tlabel\n", "only a header line"),
+    ("empty.jsonl", "", "empty or has only blank lines"),
+    ("blank.jsonl", "\n  \n\n", "empty or has only blank lines"),
+    ("empty.json", "[]", "an empty list of records"),
+])
+def test_inspect_of_a_file_without_rows_fails_like_prepare(tmp_path, name, content, fragment):
+    from tunegguf.data.cli import data_group
+
+    path = tmp_path / name
+    path.write_text(content)
+    _one_line_error(lambda: inspect_files([str(path)], DataConfig()), f"{path}: no data rows", fragment)
+    _one_line_error(lambda: prepare(DataConfig(train=str(path)), tmp_path / "out"), "no data rows", fragment)
+    result = CliRunner().invoke(data_group, ["inspect", str(path)])
+    assert result.exit_code == 2 and "no data rows" in result.output
+
+
 # ---- #15 tiny-class warning only on imbalance ---------------------------------------------
 
 

@@ -19,6 +19,15 @@ from tunegguf.io import sha256_file
 
 FILE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 SUPPORTED = ".csv, .tsv, .jsonl, .json or .parquet, a datasets save_to_disk directory, or 'demo'"
+# Why a readable file held no rows, and what to do, by file type.
+NO_ROWS = {
+    "csv": "only a header line; add one row per example below it",
+    "tsv": "only a header line; add one row per example below it",
+    "jsonl": "the file is empty or has only blank lines; write one JSON object per line",
+    "json": "an empty list of records; add records like {\"text\": ..., \"label\": ...}",
+    "parquet": "the table has no rows; write the examples into it",
+    "dataset": "the split is empty; check data.split_names or the dataset",
+}
 
 
 @dataclass
@@ -80,18 +89,22 @@ def load_table(source: str, setting: str | None = "train", split_name: str | Non
         return _load_demo()
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_saved_dataset(path, setting, split_name)
-    if not path.is_file():
+        table = _load_saved_dataset(path, setting, split_name)
+    elif not path.is_file():
         if looks_local(source):
             _missing(path, setting)
-        return _load_hub(source, setting, split_name)
-    kind = _file_kind(path, setting)
-    if kind != "parquet":
-        _check_utf8(path)
-    reader = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "json": _read_json,
-              "parquet": _read_parquet}[kind]
-    table = reader(path, kind)
-    table.source = {"path": str(path.resolve()), "kind": kind, "sha256": sha256_file(path)}
+        table = _load_hub(source, setting, split_name)
+    else:
+        kind = _file_kind(path, setting)
+        if kind != "parquet":
+            _check_utf8(path)
+        reader = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "json": _read_json,
+                  "parquet": _read_parquet}[kind]
+        table = reader(path, kind)
+        table.source = {"path": str(path.resolve()), "kind": kind, "sha256": sha256_file(path)}
+    if not table.rows:
+        why = NO_ROWS.get(table.source["kind"], NO_ROWS["dataset"])
+        raise TuneGGUFError(f"{_prefix(setting)}{source}: no data rows ({why})")
     return table
 
 
