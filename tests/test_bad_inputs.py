@@ -37,6 +37,33 @@ def _all_examples(result):
     return [e for split in ("train", "validation", "test") for e in result.load(split)]
 
 
+# ---- #12 mixed label kinds --------------------------------------------------------------
+
+
+def test_mixed_int_and_text_labels_are_an_error(tmp_path):
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)]
+    rows += [{"text": f"w{i}", "label": "positive" if i % 2 else "negative"} for i in range(10)]
+    path = _jsonl(tmp_path / "mixed.jsonl", rows)
+    _one_line_error(lambda: prepare(DataConfig(train=path), tmp_path / "out"),
+                    "mixed.jsonl, column 'label'", "numbers (0 at row 1 (line 1))",
+                    "texts ('negative' at row 11 (line 11))", "4 classes", "data.label_map")
+    mapped = DataConfig(train=path, label_map={"0": "negative", "1": "positive",
+                                               "negative": "negative", "positive": "positive"})
+    assert prepare(mapped, tmp_path / "ok").labels == ["negative", "positive"]
+
+
+def test_mixed_label_kinds_in_any_loader(tmp_path):
+    csv = tmp_path / "mixed.csv"
+    csv.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(6)) + "u,positive\nv,negative\n")
+    _one_line_error(lambda: inspect_files([str(csv)], DataConfig()), "mixed.csv", "numbers ('0' at row 1 (line 2))",
+                    "texts ('positive' at row 7 (line 8))")
+    booleans = tmp_path / "bools.json"
+    booleans.write_text(json.dumps([{"text": "a", "label": True}, {"text": "b", "label": False},
+                                    {"text": "c", "label": "yes"}]))
+    _one_line_error(lambda: inspect_files([str(booleans)], DataConfig()), "bools.json", "booleans (True at row 1)",
+                    "texts ('yes' at row 3)")
+
+
 # ---- #13 cache directory ----------------------------------------------------------------
 
 

@@ -98,6 +98,7 @@ def _classification_examples(table: Table, config: DataConfig, prefix: str) -> C
     unknown: dict[str, int] = {}  # raw value outside label_map -> first row index
     outside: dict[str, int] = {}  # class outside data.labels -> first row index
     found: Counter = Counter()
+    first_row: dict[str, int] = {}  # raw value -> first row index
     dropped: Counter = Counter()
     examples = []
     for index, row in enumerate(table.rows):
@@ -110,6 +111,7 @@ def _classification_examples(table: Table, config: DataConfig, prefix: str) -> C
             dropped["missing_label"] += 1
             continue
         found[raw] += 1
+        first_row.setdefault(raw, index)
         if ranges:
             label = _rating_class(raw, ranges, table, config, index)
             if label is None:
@@ -133,6 +135,8 @@ def _classification_examples(table: Table, config: DataConfig, prefix: str) -> C
         _unknown_labels(table, config, "data.label_map", unknown, found)
     if outside:
         _unknown_labels(table, config, "data.labels", outside, found)
+    if not (label_map or ranges or allowed):
+        _require_one_label_kind(table, config, first_row)
     return Cleaned(examples=examples, rows=len(table.rows), dropped=dropped)
 
 
@@ -157,6 +161,37 @@ def _unknown_labels(table: Table, config: DataConfig, what: str, unknown: dict[s
     raise TuneGGUFError(
         f"{table.name}, column '{config.label_column}': {'classes' if what == 'data.labels' else 'label values'} "
         f"not in {what}: {shown}{more}; raw values found: {values}; add them to {what} or fix those rows"
+    )
+
+
+def label_kind(key: str) -> str:
+    """'number', 'boolean' or 'text' for a label as `label_key` gives it (CSV cells are
+    text, so a CSV's "0" is a number, as JSON's 0 is)."""
+    if key.lower() in ("true", "false"):
+        return "boolean"
+    try:
+        return "number" if math.isfinite(float(key)) else "text"
+    except ValueError:
+        return "text"
+
+
+def _require_one_label_kind(table: Table, config: DataConfig, first_row: dict[str, int]) -> None:
+    """0/1 beside "negative"/"positive" in one column would become four classes: refuse."""
+    kinds: dict[str, list[str]] = {}
+    for key in first_row:
+        kinds.setdefault(label_kind(key), []).append(key)
+    if len(kinds) < 2:
+        return
+    column = config.label_column
+    seen = " and ".join(
+        f"{kind}s ({table.rows[first_row[keys[0]]][column]!r} at {table.where(first_row[keys[0]])})"
+        for kind, keys in kinds.items()
+    )
+    template = ", ".join(f'"{keys[0]}": <class>' for keys in kinds.values())
+    raise TuneGGUFError(
+        f"{table.name}, column '{column}': labels mix {seen}, which would make {len(first_row)} classes "
+        f"({', '.join(map(repr, sorted(first_row)))}); map every raw value to its class with data.label_map, "
+        f"e.g. {{{template}, ...}} (inspect: --label-map), or list them all in data.labels to keep them apart"
     )
 
 
