@@ -134,3 +134,35 @@ def test_yaml_error_names_the_line_to_fix(tmp_path, text, line):
     path = tmp_path / "broken.yaml"
     path.write_text(text)
     _one_line_error(lambda: load_run_config(path), f"not valid YAML at line {line}:")
+
+
+# ---- #6 a user's input file for predict -------------------------------------------------
+
+
+@pytest.mark.parametrize("name, content, fragments", [
+    ("tabs.csv", "text\tlabel\ngood one\t1\nbad, sadly\t0\n", ["tab-separated", "rename it to tabs.tsv"]),
+    ("empty.csv", "", ["the file is empty"]),
+    ("bad.jsonl", '{"text": "a"}\n{"text": "b",}\n', ["line 2 is not valid JSON"]),
+    ("commas.csv", "text,label\ngood,1\ngood, really,1\n",
+     ["line 3 has 3 comma-separated fields, the header has 2", "double quotes"]),
+    ("shifted.csv", "text,label\nfine, thanks,1\nbad, sadly,0\n", ["line 2 has 3 comma-separated fields"]),
+])
+def test_load_rows_gives_the_data_stage_errors(tmp_path, name, content, fragments):
+    from tunegguf.data import load_rows
+
+    path = tmp_path / name
+    path.write_text(content)
+    _one_line_error(lambda: load_rows(path), name, *fragments)
+
+
+def test_load_rows_reads_texts_and_checks_the_column(tmp_path):
+    from tunegguf.data import load_rows
+
+    path = tmp_path / "in.csv"
+    path.write_text('id,review\n1,"good, really"\n2, fine \n')
+    rows, texts = load_rows(path, "review")
+    assert texts == ["good, really", "fine"] and rows[0] == {"id": "1", "review": "good, really"}
+    _one_line_error(lambda: load_rows(path, "reviw"), "no column 'reviw'", "did you mean 'review'", "use --text-column")
+    path.write_text("id,review\n1,good\n2,\n")
+    _one_line_error(lambda: load_rows(path, "review"), "in.csv, row 2 (line 3): no text in column 'review'")
+    _one_line_error(lambda: load_rows(tmp_path / "nope.csv"), "file not found", "did you mean 'in.csv'")

@@ -2,6 +2,7 @@
 
 from tunegguf.data.config import DataConfig
 from tunegguf.data.example import Example
+from tunegguf.data.inputs import load_rows
 from tunegguf.data.inspect import inspect_files, render_inspection
 from tunegguf.data.prepare import PreparedData, load_split, prepare, run
 
@@ -10,6 +11,7 @@ __all__ = [
     "Example",
     "PreparedData",
     "inspect_files",
+    "load_rows",
     "load_split",
     "prepare",
     "render_inspection",

@@ -69,13 +69,15 @@ def example_key(example: Example) -> str:
     return f"{example.instruction}{TEXT_JOINER}{example.input or ''}"
 
 
-def require_columns(table: Table, columns: list[tuple[str, str]]) -> None:
-    """columns: (column, setting that names it). Missing -> one line with the closest name."""
+def require_columns(table: Table, columns: list[tuple[str, str]], fix: str | None = None) -> None:
+    """columns: (column, setting that names it). Missing -> one line with the closest name and
+    `fix` (default: set data.<setting>)."""
     for column, setting in columns:
         if column not in table.columns:
+            how = fix or f"set data.{setting}{CLI_FLAGS.get(setting, '')}"
             raise TuneGGUFError(
                 f"{table.name}: no column '{column}'{closest(column, table.columns)}; columns are "
-                f"{', '.join(table.columns) or '(none)'}; set data.{setting}{CLI_FLAGS.get(setting, '')}"
+                f"{', '.join(table.columns) or '(none)'}; {how}"
             )
 
 
