@@ -37,6 +37,54 @@ def _all_examples(result):
     return [e for split in ("train", "validation", "test") for e in result.load(split)]
 
 
+# ---- #7 over-long rows ------------------------------------------------------------------
+
+
+def test_overlong_row_is_dropped_counted_and_warned(tmp_path):
+    rows = _rows()
+    rows.insert(3, {"text": "x" * 1_000_000, "label": "pos"})
+    result = prepare(DataConfig(train=_jsonl(tmp_path / "big.jsonl", rows)), tmp_path / "out")
+    assert max(len(e.text) for e in _all_examples(result)) < 100
+    assert result.manifest["dropped"]["train"]["too_long"] == 1
+    assert any("big.jsonl: dropped 1 rows over data.max_text_length=100000 characters" in w for w in result.warnings)
+
+
+def test_overlong_row_error_and_truncate_policies(tmp_path):
+    rows = _rows()
+    rows.insert(3, {"text": "y" * 500, "label": "pos"})
+    train = _jsonl(tmp_path / "long.jsonl", rows)
+    _one_line_error(lambda: prepare(DataConfig(train=train, max_text_length=200, too_long="error"), tmp_path / "e"),
+                    "long.jsonl, row 4 (line 4)", "500 characters, over data.max_text_length=200", "data.too_long")
+    cut = prepare(DataConfig(train=train, max_text_length=200, too_long="truncate"), tmp_path / "t")
+    lengths = sorted(len(e.text) for e in _all_examples(cut))
+    assert lengths[-1] == 200 and len(lengths) == 41
+    assert cut.manifest["truncated"] == {"train": {"too_long": 1}}
+    with pytest.raises(TuneGGUFError, match="data.too_long: truncate applies to task: classification"):
+        from tunegguf.configuration import from_dict
+
+        from_dict(DataConfig, {"task": "instruction", "too_long": "truncate"}, "data")
+
+
+def test_token_limit_from_the_caller(tmp_path):
+    from tunegguf.data import LengthLimit
+
+    rows = _rows()
+    rows.insert(5, {"text": " ".join(["word"] * 50), "label": "neg"})
+    train = _jsonl(tmp_path / "words.jsonl", rows)
+    limit = LengthLimit(measure=lambda e: len(e.text.split()) + 3, max_seq_length=10, identity="words+3")
+    dropped = prepare(DataConfig(train=train), tmp_path / "d", limit)
+    assert dropped.manifest["dropped"]["train"]["too_long_tokens"] == 1
+    assert any("over model.max_seq_length=10 tokens" in w for w in dropped.warnings)
+    cut = prepare(DataConfig(train=train, too_long="truncate"), tmp_path / "t", limit)
+    assert max(len(e.text.split()) for e in _all_examples(cut)) == 7
+    _one_line_error(lambda: prepare(DataConfig(train=train, too_long="error"), tmp_path / "e", limit),
+                    "words.jsonl, row 6 (line 6)", "53 tokens as prompted, over model.max_seq_length=10",
+                    "raise model.max_seq_length")
+    # The limit is part of the fingerprint: a different tokenizer/template prepares again.
+    again = prepare(DataConfig(train=train), tmp_path / "d", LengthLimit(limit.measure, 10, identity="other"))
+    assert not again.reused
+
+
 # ---- #12 mixed label kinds --------------------------------------------------------------
 
 

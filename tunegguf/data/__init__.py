@@ -1,5 +1,6 @@
 """Datasets: load, clean, balance, split and freeze the rows every stage reads."""
 
+from tunegguf.data.clean import LengthLimit
 from tunegguf.data.config import DataConfig
 from tunegguf.data.example import Example
 from tunegguf.data.inputs import load_rows
@@ -9,6 +10,7 @@ from tunegguf.data.prepare import PreparedData, load_split, prepare, run
 __all__ = [
     "DataConfig",
     "Example",
+    "LengthLimit",
     "PreparedData",
     "inspect_files",
     "load_rows",
