@@ -10,7 +10,9 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunegguf.errors import TuneGGUFError
 from tunegguf.io import cache_dir
+from tunegguf.models.registry import checked_cache_dir
 
 # (distribution name, import name, required)
 COMPONENTS = [
@@ -105,6 +107,10 @@ def run() -> DoctorReport:
     cache = cache_dir()
     probe = cache if cache.exists() else cache.parent if cache.parent.exists() else os.path.expanduser("~")
     report.resources["cache_dir"] = str(cache)
+    try:
+        checked_cache_dir()
+    except TuneGGUFError as exc:  # a file or a read-only place: every model build would fail
+        report.problems.append(str(exc))
     report.resources["free_disk_gb"] = round(shutil.disk_usage(probe).free / 1e9, 1)
     try:
         import psutil

@@ -168,17 +168,48 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TuneGGUFError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise TuneGGUFError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise TuneGGUFError(f"{path}: not valid YAML{_yaml_problem(exc, text)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise TuneGGUFError(f"{path}: expected a mapping of settings at the top level")
     return data
+
+
+_OPENED_EARLIER = ("while scanning", "while parsing a flow sequence", "while parsing a flow mapping")
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """' at line N: what is wrong' for the line to fix. An unclosed quote, [ or {, or a key
+    without its ':' is only noticed lines later (problem_mark, often the end of the file); the
+    line to fix is where that token started (context_mark). Block errors point at the spot."""
+    problem = getattr(exc, "problem_mark", None)
+    start = getattr(exc, "context_mark", None)
+    context = getattr(exc, "context", None) or ""
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if problem is None:
+        return f": {what}"
+    line = problem.line
+    if start is not None and context.startswith(_OPENED_EARLIER):
+        line, what = start.line, f"{what} {context}"
+    elif what == "mapping values are not allowed here":
+        # A `key` without its ':' runs on as plain text into the next line's `key:`.
+        lines = text.splitlines()
+        while line > 0 and _no_colon(lines[line - 1]):
+            line -= 1
+        if line != problem.line:
+            what = "no ':' after the key, so the text runs on into the next key"
+    noticed = f" (noticed at line {problem.line + 1})" if line != problem.line else ""
+    return f" at line {line + 1}: {what}{noticed}"
+
+
+def _no_colon(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and ":" not in stripped and not stripped.startswith(("#", "-"))
 
 
 def write_yaml(path: str | Path, data: dict[str, Any]) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 from tunegguf.data.config import DataConfig, parse_rating_range
 from tunegguf.data.example import Example
@@ -30,6 +30,22 @@ class Cleaned:
     dropped: Counter = field(default_factory=Counter)
     conflicts: int = 0
     """Duplicate texts whose labels disagreed (the first row's label was kept)."""
+    truncated: Counter = field(default_factory=Counter)
+    """Rows cut to fit (data.too_long: truncate), by the limit they were over."""
+
+
+@dataclass(frozen=True)
+class LengthLimit:
+    """A token limit the data stage cannot measure itself (it imports no prompts or tokenizer):
+    the caller renders and tokenizes, the data stage drops, cuts or rejects per data.too_long."""
+
+    measure: Callable[[Example], int]
+    """Tokens of the example as the model reads it (rendered prompt, plus the answer to learn)."""
+    max_seq_length: int
+    """The limit in tokens: model.max_seq_length."""
+    identity: str = ""
+    """What `measure` depends on (model, tokenizer, prompt template): part of the data stage's
+    fingerprint, so a changed tokenizer or template prepares the splits again."""
 
 
 def label_key(value: Any) -> str | None:
@@ -69,25 +85,31 @@ def example_key(example: Example) -> str:
     return f"{example.instruction}{TEXT_JOINER}{example.input or ''}"
 
 
-def require_columns(table: Table, columns: list[tuple[str, str]]) -> None:
-    """columns: (column, setting that names it). Missing -> one line with the closest name."""
+def require_columns(table: Table, columns: list[tuple[str, str]], fix: str | None = None) -> None:
+    """columns: (column, setting that names it). Missing -> one line with the closest name and
+    `fix` (default: set data.<setting>)."""
     for column, setting in columns:
         if column not in table.columns:
+            how = fix or f"set data.{setting}{CLI_FLAGS.get(setting, '')}"
             raise TuneGGUFError(
                 f"{table.name}: no column '{column}'{closest(column, table.columns)}; columns are "
-                f"{', '.join(table.columns) or '(none)'}; set data.{setting}{CLI_FLAGS.get(setting, '')}"
+                f"{', '.join(table.columns) or '(none)'}; {how}"
             )
 
 
-def to_examples(table: Table, config: DataConfig, prefix: str) -> Cleaned:
-    """Map the table's rows to Examples with ids f"{prefix}-{row}" (row in the source)."""
+def to_examples(table: Table, config: DataConfig, prefix: str, limit: LengthLimit | None = None) -> Cleaned:
+    """Map the table's rows to Examples with ids f"{prefix}-{row}" (row in the source), then
+    apply data.max_text_length and `limit` (tokens) as data.too_long says."""
     if table.source.get("kind") == "demo":
         # The demo has fixed columns and class names; column and label settings are for files.
         examples = [Example(id=f"{prefix}-{i}", text=r["text"], label=r["label"]) for i, r in enumerate(table.rows)]
-        return Cleaned(examples=examples, rows=len(table.rows))
-    if config.task == "instruction":
-        return _instruction_examples(table, config, prefix)
-    return _classification_examples(table, config, prefix)
+        cleaned = Cleaned(examples=examples, rows=len(table.rows))
+    elif config.task == "instruction":
+        cleaned = _instruction_examples(table, config, prefix)
+    else:
+        cleaned = _classification_examples(table, config, prefix)
+    _fit_lengths(cleaned, table, config, limit)
+    return cleaned
 
 
 def _classification_examples(table: Table, config: DataConfig, prefix: str) -> Cleaned:
@@ -98,6 +120,7 @@ def _classification_examples(table: Table, config: DataConfig, prefix: str) -> C
     unknown: dict[str, int] = {}  # raw value outside label_map -> first row index
     outside: dict[str, int] = {}  # class outside data.labels -> first row index
     found: Counter = Counter()
+    first_row: dict[str, int] = {}  # raw value -> first row index
     dropped: Counter = Counter()
     examples = []
     for index, row in enumerate(table.rows):
@@ -110,6 +133,7 @@ def _classification_examples(table: Table, config: DataConfig, prefix: str) -> C
             dropped["missing_label"] += 1
             continue
         found[raw] += 1
+        first_row.setdefault(raw, index)
         if ranges:
             label = _rating_class(raw, ranges, table, config, index)
             if label is None:
@@ -133,6 +157,8 @@ def _classification_examples(table: Table, config: DataConfig, prefix: str) -> C
         _unknown_labels(table, config, "data.label_map", unknown, found)
     if outside:
         _unknown_labels(table, config, "data.labels", outside, found)
+    if not (label_map or ranges or allowed):
+        _require_one_label_kind(table, config, first_row)
     return Cleaned(examples=examples, rows=len(table.rows), dropped=dropped)
 
 
@@ -158,6 +184,108 @@ def _unknown_labels(table: Table, config: DataConfig, what: str, unknown: dict[s
         f"{table.name}, column '{config.label_column}': {'classes' if what == 'data.labels' else 'label values'} "
         f"not in {what}: {shown}{more}; raw values found: {values}; add them to {what} or fix those rows"
     )
+
+
+def label_kind(key: str) -> str:
+    """'number', 'boolean' or 'text' for a label as `label_key` gives it (CSV cells are
+    text, so a CSV's "0" is a number, as JSON's 0 is)."""
+    if key.lower() in ("true", "false"):
+        return "boolean"
+    try:
+        return "number" if math.isfinite(float(key)) else "text"
+    except ValueError:
+        return "text"
+
+
+def _require_one_label_kind(table: Table, config: DataConfig, first_row: dict[str, int]) -> None:
+    """0/1 beside "negative"/"positive" in one column would become four classes: refuse."""
+    kinds: dict[str, list[str]] = {}
+    for key in first_row:
+        kinds.setdefault(label_kind(key), []).append(key)
+    if len(kinds) < 2:
+        return
+    column = config.label_column
+    seen = " and ".join(
+        f"{kind}s ({table.rows[first_row[keys[0]]][column]!r} at {table.where(first_row[keys[0]])})"
+        for kind, keys in kinds.items()
+    )
+    template = ", ".join(f'"{keys[0]}": <class>' for keys in kinds.values())
+    raise TuneGGUFError(
+        f"{table.name}, column '{column}': labels mix {seen}, which would make {len(first_row)} classes "
+        f"({', '.join(map(repr, sorted(first_row)))}); map every raw value to its class with data.label_map, "
+        f"e.g. {{{template}, ...}} (inspect: --label-map), or list them all in data.labels to keep them apart"
+    )
+
+
+def _fit_lengths(cleaned: Cleaned, table: Table, config: DataConfig, limit: LengthLimit | None) -> None:
+    """Rows over data.max_text_length characters or `limit` tokens: drop, cut or refuse."""
+    kept = []
+    for example in cleaned.examples:
+        fitted = _fit(example, table, config, limit, cleaned)
+        if fitted is not None:
+            kept.append(fitted)
+    cleaned.examples = kept
+
+
+def _text_length(example: Example) -> int:
+    """Characters of what the model reads, as data.min_text_length counts them."""
+    if example.text is not None:
+        return len(example.text)
+    return len(example.instruction or "") + len(example.input or "")
+
+
+def _fit(example: Example, table: Table, config: DataConfig, limit: LengthLimit | None,
+         cleaned: Cleaned) -> Example | None:
+    cap = config.max_text_length
+    length = _text_length(example)
+    if cap is not None and length > cap:
+        over = f"{length:,} characters, over data.max_text_length={cap}"
+        if config.too_long != "truncate":
+            return _too_long(example, table, config, cleaned, "too_long", over, "raise data.max_text_length")
+        example = replace(example, text=example.text[:cap].rstrip())
+        cleaned.truncated["too_long"] += 1
+    if limit is None:
+        return example
+    tokens = limit.measure(example)
+    if tokens <= limit.max_seq_length:
+        return example
+    over = f"{tokens:,} tokens as prompted, over model.max_seq_length={limit.max_seq_length}"
+    if config.too_long != "truncate":
+        return _too_long(example, table, config, cleaned, "too_long_tokens", over, "raise model.max_seq_length")
+    cleaned.truncated["too_long_tokens"] += 1
+    return _cut_to_tokens(example, limit)
+
+
+def _too_long(example: Example, table: Table, config: DataConfig, cleaned: Cleaned, reason: str,
+              over: str, fix: str) -> None:
+    if config.too_long == "error":
+        keep = "drop or truncate" if example.is_classification else "drop"
+        row = int(example.id.rsplit("-", 1)[1])  # ids are f"{prefix}-{row}" (to_examples)
+        raise TuneGGUFError(
+            f"{table.name}, {table.where(row)}: {over}; {fix}, shorten or remove the row, or set data.too_long: {keep}"
+        )
+    cleaned.dropped[reason] += 1
+    return None
+
+
+def _cut_to_tokens(example: Example, limit: LengthLimit) -> Example:
+    """The longest prefix of the text whose prompt fits (binary search: log2(chars) measures)."""
+    def fits(chars: int) -> bool:
+        return limit.measure(replace(example, text=example.text[:chars])) <= limit.max_seq_length
+
+    if not fits(1):
+        raise TuneGGUFError(
+            f"the prompt around the text is already over model.max_seq_length={limit.max_seq_length} tokens; "
+            f"raise model.max_seq_length or shorten the prompt template"
+        )
+    low, high = 1, len(example.text) - 1  # fits(low) holds, fits(len) does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return replace(example, text=example.text[:low].rstrip())
 
 
 def _instruction_examples(table: Table, config: DataConfig, prefix: str) -> Cleaned:

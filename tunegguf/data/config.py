@@ -53,6 +53,18 @@ class DataConfig:
     min_text_length: int = 1
     """Rows whose text (stripped) is shorter than this many characters are dropped."""
 
+    max_text_length: int | None = 100_000
+    """Rows whose text (classification) or instruction + input is longer than this many
+    characters are handled by `too_long`; a cheap cap that needs no tokenizer. null: no cap.
+    When the pipeline knows the tokenizer, rows whose rendered prompt is over
+    model.max_seq_length tokens are handled the same way."""
+
+    too_long: Literal["drop", "truncate", "error"] = "drop"
+    """Rows over max_text_length (or model.max_seq_length tokens). drop: leave them out,
+    counted as too_long in the data manifest with a warning; truncate: cut the text to fit
+    (classification only: cutting an instruction row changes what its answer answers);
+    error: stop at the first one, naming the file and row."""
+
     dedupe: bool = True
     """Drop exact duplicate texts (keep the first) and drop from train (and validation) any
     text that is also in a later split, so no scored row was seen in training."""
@@ -98,6 +110,13 @@ class DataConfig:
             raise ValueError(f"data.imbalance_warning: {self.imbalance_warning} must be between 0.5 and 1")
         if self.min_text_length < 0:
             raise ValueError("data.min_text_length: must be 0 or more")
+        if self.max_text_length is not None and self.max_text_length < max(1, self.min_text_length):
+            raise ValueError(
+                f"data.max_text_length: {self.max_text_length} must be at least data.min_text_length "
+                f"({self.min_text_length}) and 1 (or null for no cap)"
+            )
+        if self.too_long == "truncate" and self.task == "instruction":
+            raise ValueError("data.too_long: truncate applies to task: classification only; use drop or error")
         for name in ("max_per_class", "max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,16 @@ from tunegguf.io import sha256_file
 
 FILE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 SUPPORTED = ".csv, .tsv, .jsonl, .json or .parquet, a datasets save_to_disk directory, or 'demo'"
+# Why a readable file held no rows, and what to do, by file type.
+NO_ROWS = {
+    "csv": "only a header line; add one row per example below it",
+    "tsv": "only a header line; add one row per example below it",
+    "jsonl": "the file is empty or has only blank lines; write one JSON object per line",
+    "json": "an empty list of records; add records like {\"text\": ..., \"label\": ...}",
+    "parquet": "the table has no rows; write the examples into it",
+    "dataset": "the split is empty; check data.split_names or the dataset",
+}
+SEPARATORS = {"csv": (",", "comma", ".csv"), "tsv": ("\t", "tab", ".tsv")}
 
 
 @dataclass
@@ -68,7 +79,7 @@ def source_fingerprint(source: str, setting: str | None, split_name: str) -> dic
     if path.is_file():
         return {"path": str(path.resolve()), "kind": _file_kind(path, setting), "sha256": sha256_file(path)}
     if looks_local(source):
-        _missing(path, setting)
+        missing_file(path, setting)
     return {"path": source, "kind": "hub", "split": split_name, "sha256": None}
 
 
@@ -80,18 +91,22 @@ def load_table(source: str, setting: str | None = "train", split_name: str | Non
         return _load_demo()
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_saved_dataset(path, setting, split_name)
-    if not path.is_file():
+        table = _load_saved_dataset(path, setting, split_name)
+    elif not path.is_file():
         if looks_local(source):
-            _missing(path, setting)
-        return _load_hub(source, setting, split_name)
-    kind = _file_kind(path, setting)
-    if kind != "parquet":
-        _check_utf8(path)
-    reader = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "json": _read_json,
-              "parquet": _read_parquet}[kind]
-    table = reader(path, kind)
-    table.source = {"path": str(path.resolve()), "kind": kind, "sha256": sha256_file(path)}
+            missing_file(path, setting)
+        table = _load_hub(source, setting, split_name)
+    else:
+        kind = _file_kind(path, setting)
+        if kind != "parquet":
+            _check_utf8(path)
+        reader = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "json": _read_json,
+                  "parquet": _read_parquet}[kind]
+        table = reader(path, kind)
+        table.source = {"path": str(path.resolve()), "kind": kind, "sha256": sha256_file(path)}
+    if not table.rows:
+        why = NO_ROWS.get(table.source["kind"], NO_ROWS["dataset"])
+        raise TuneGGUFError(f"{_prefix(setting)}{source}: no data rows ({why})")
     return table
 
 
@@ -106,7 +121,8 @@ def _file_kind(path: Path, setting: str | None) -> str:
     return kind
 
 
-def _missing(path: Path, setting: str | None):
+def missing_file(path: Path, setting: str | None):
+    """Raise file-not-found with the closest name in the same directory."""
     hint = closest(path.name, [p.name for p in path.parent.iterdir()]) if path.parent.is_dir() else ""
     raise TuneGGUFError(
         f"{_prefix(setting)}file not found: {path}{hint}; check the path (relative paths start at {Path.cwd()})"
@@ -130,19 +146,54 @@ def _check_utf8(path: Path) -> None:
         ) from None
 
 
+def _check_separator(path: Path, kind: str) -> None:
+    """A TSV named .csv (or the reverse) would read as one column holding whole lines."""
+    with path.open(encoding="utf-8-sig") as f:
+        header = f.readline()
+    sep, _, _ = SEPARATORS[kind]
+    other_kind = "tsv" if kind == "csv" else "csv"
+    other, other_name, other_suffix = SEPARATORS[other_kind]
+    if sep not in header and other in header:
+        raise TuneGGUFError(
+            f"{path}: the header line is {other_name}-separated but the name ends in {path.suffix}; "
+            f"rename it to {path.stem}{other_suffix}"
+        )
+
+
+def _parser_message(exc: Exception, kind: str) -> str:
+    """pandas' 'Expected 2 fields in line 3, saw 3' as the line to fix and what to change."""
+    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if found:
+        want, line, saw = map(int, found.groups())
+        return _field_count_message(line, want, saw, kind)
+    sep_name = SEPARATORS[kind][1]
+    return f"cannot parse as {kind.upper()}: {str(exc).strip()}; check quoting and the {sep_name} separators"
+
+
+def _field_count_message(line: int, want: int, saw: int, kind: str) -> str:
+    sep_name = SEPARATORS[kind][1]
+    return (f"line {line} has {saw} {sep_name}-separated fields, the header has {want}; "
+            f"put text that contains {sep_name}s in double quotes")
+
+
 def _read_delimited(path: Path, kind: str) -> Table:
     import pandas as pd
 
+    _check_separator(path, kind)
     # dtype=str and no NA parsing: text stays exactly as written ("NA", "001"), and labels are
     # compared as text later (0, "0" and 0.0 all become "0").
     try:
-        frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
+        frame = pd.read_csv(path, sep=SEPARATORS[kind][0], dtype=str, keep_default_na=False,
                             encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise TuneGGUFError(f"{path}: the file is empty; it needs a header row and data rows") from None
     except pd.errors.ParserError as exc:
-        raise TuneGGUFError(f"{path}: cannot parse as {kind.upper()}: {str(exc).strip()}; check quoting and "
-                            f"the {'tab' if kind == 'tsv' else 'comma'} separators") from None
+        raise TuneGGUFError(f"{path}: {_parser_message(exc, kind)}") from None
+    if not isinstance(frame.index, pd.RangeIndex):
+        # The first data line had one field more than the header, so pandas made the first
+        # column the index: every text would be shifted by one column.
+        fields = len(frame.columns)
+        raise TuneGGUFError(f"{path}: {_field_count_message(2, fields, fields + 1, kind)}")
     columns = [str(c) for c in frame.columns]
     return Table(rows=frame.to_dict("records"), columns=columns, source={}, name=path.name, line_offset=2)
 

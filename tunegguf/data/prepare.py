@@ -20,7 +20,7 @@ from typing import Any
 
 from tunegguf.config.typed import to_dict
 import tunegguf.data.split as splitting
-from tunegguf.data.clean import Cleaned, dedupe, drop_overlap, overlap, to_examples
+from tunegguf.data.clean import Cleaned, LengthLimit, dedupe, drop_overlap, overlap, to_examples
 from tunegguf.data.config import DataConfig
 from tunegguf.data.example import Example
 from tunegguf.data.loaders import load_table, source_fingerprint
@@ -30,7 +30,9 @@ from tunegguf.io import read_json, read_jsonl, sha256_file, write_json, write_js
 SPLITS = ("train", "validation", "test")
 MANIFEST = "data_manifest.json"
 # Bump when the preparation logic changes what lands in the files, so old runs are redone.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
+# A class with under this share of an even split (1 / classes) is "tiny" next to the others.
+TINY_CLASS_SHARE = 0.2
 
 
 @dataclass
@@ -63,9 +65,9 @@ def load_split(path: str | Path) -> list[Example]:
     return [Example.from_dict(row) for row in read_jsonl(path)]
 
 
-def run(config: DataConfig, out_dir: str | Path) -> PreparedData:
+def run(config: DataConfig, out_dir: str | Path, length_limit: LengthLimit | None = None) -> PreparedData:
     """The stage entry point (same as `prepare`)."""
-    return prepare(config, out_dir)
+    return prepare(config, out_dir, length_limit)
 
 
 @dataclass
@@ -98,7 +100,8 @@ def _split_name(config: DataConfig, setting: str) -> str:
     return config.split_names.get(setting, setting)
 
 
-def _fingerprint(config: DataConfig, plan: _Plan) -> tuple[str | None, dict[str, Any]]:
+def _fingerprint(config: DataConfig, plan: _Plan,
+                 length_limit: LengthLimit | None) -> tuple[str | None, dict[str, Any]]:
     sources = {}
     for split, entry in plan.sources.items():
         if entry is not None:
@@ -106,8 +109,9 @@ def _fingerprint(config: DataConfig, plan: _Plan) -> tuple[str | None, dict[str,
             sources[split] = source_fingerprint(source, setting, _split_name(config, setting))
     if any(s.get("sha256") is None for s in sources.values()):
         return None, sources  # a hub dataset: cannot tell whether it changed without loading it
-    payload = json.dumps({"version": PREPARE_VERSION, "config": to_dict(config), "sources": sources},
-                         sort_keys=True, default=str)
+    limit = None if length_limit is None else [length_limit.max_seq_length, length_limit.identity]
+    payload = json.dumps({"version": PREPARE_VERSION, "config": to_dict(config), "sources": sources,
+                          "length_limit": limit}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest(), sources
 
 
@@ -142,11 +146,14 @@ def _result(out_dir: Path, manifest: dict[str, Any], reused: bool) -> PreparedDa
     )
 
 
-def prepare(config: DataConfig, out_dir: str | Path) -> PreparedData:
-    """Load, clean, split, balance and freeze; reuse the frozen files when nothing changed."""
+def prepare(config: DataConfig, out_dir: str | Path, length_limit: LengthLimit | None = None) -> PreparedData:
+    """Load, clean, split, balance and freeze; reuse the frozen files when nothing changed.
+
+    `length_limit` (from a caller that has the tokenizer and prompt) also holds every row to
+    model.max_seq_length tokens; data.max_text_length (characters) applies either way."""
     out_dir = Path(out_dir)
     plan = _plan(config)
-    fingerprint, fingerprints = _fingerprint(config, plan)
+    fingerprint, fingerprints = _fingerprint(config, plan, length_limit)
     reused = _reuse(out_dir, fingerprint)
     if reused is not None:
         return reused
@@ -162,7 +169,8 @@ def prepare(config: DataConfig, out_dir: str | Path) -> PreparedData:
         tables[split] = table
         if config.task == "instruction" and table.source.get("kind") == "demo":
             raise TuneGGUFError("data.train: the demo set is for task: classification; give an instruction file")
-        cleaned[split] = to_examples(table, config, prefix=split)
+        cleaned[split] = to_examples(table, config, prefix=split, limit=length_limit)
+        warnings += length_warnings(cleaned[split], table.name, config, length_limit)
         if config.dedupe:
             dedupe(cleaned[split])
         _require_rows(cleaned[split], table.name, split, config)
@@ -207,6 +215,7 @@ def prepare(config: DataConfig, out_dir: str | Path) -> PreparedData:
         "splits": split_info,
         "sources": sources,
         "dropped": dropped,
+        "truncated": {split: dict(sorted(part.truncated.items())) for split, part in cleaned.items() if part.truncated},
         "class_weights": weights,
         "warnings": warnings,
         "config": to_dict(config),
@@ -220,7 +229,7 @@ def _require_rows(part: Cleaned, name: str, split: str, config: DataConfig) -> N
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(part.dropped.items())) or "no data rows"
         raise TuneGGUFError(
             f"{name}: no rows left for {split} after filtering ({part.rows} rows; dropped {reasons}); "
-            f"check data.text_columns, data.min_text_length and the label settings"
+            f"check data.text_columns, data.min_text_length / max_text_length and the label settings"
         )
     if config.task == "classification" and split == "train":
         classes = {e.label for e in part.examples}
@@ -229,6 +238,20 @@ def _require_rows(part: Cleaned, name: str, split: str, config: DataConfig) -> N
                 f"{name}: only one class left after filtering ({next(iter(classes))!r}, {len(part.examples)} rows); "
                 f"a classifier needs at least two; check data.label_map / data.star_ratings / data.label_column"
             )
+
+
+def length_warnings(part: Cleaned, name: str, config: DataConfig, limit: LengthLimit | None) -> list[str]:
+    """One line per limit that dropped or cut rows (data.too_long: drop / truncate)."""
+    limits = {"too_long": f"data.max_text_length={config.max_text_length} characters"}
+    if limit is not None:
+        limits["too_long_tokens"] = f"model.max_seq_length={limit.max_seq_length} tokens"
+    warnings = []
+    for reason, over in limits.items():
+        if part.dropped[reason]:
+            warnings.append(f"{name}: dropped {part.dropped[reason]} rows over {over} (data.too_long: drop)")
+        if part.truncated[reason]:
+            warnings.append(f"{name}: cut {part.truncated[reason]} rows to {over} (data.too_long: truncate)")
+    return warnings
 
 
 def _remove_leakage(cleaned: dict[str, Cleaned], config: DataConfig, warnings: list[str]) -> None:
@@ -335,7 +358,11 @@ def distribution_warnings(name: str, counts: Counter, imbalance: float) -> list[
             f"{name}: majority class '{label}' is {top / total:.0%} of {total} rows (over {imbalance:.0%}); "
             f"consider data.balance, and read per-class recall, not only accuracy"
         )
+    # Few rows on a small balanced split are not a problem to flag; a class far below an
+    # even share is (too few to learn it, and its recall on the splits is noise).
+    even = 1 / len(counts)
     for label, n in sorted(counts.items()):
-        if n < 10 or n / total < 0.05:
-            warnings.append(f"{name}: class '{label}' is tiny ({n} rows, {n / total:.1%})")
+        if n / total < TINY_CLASS_SHARE * even:
+            warnings.append(f"{name}: class '{label}' is tiny ({n} of {total} rows, {n / total:.1%}; an even split "
+                            f"gives each class {even:.0%}); add rows of it or consider data.balance")
     return warnings

@@ -57,6 +57,27 @@ class ResolvedModel:
         return json.loads(info.read_text()) if info.is_file() else {}
 
 
+def checked_cache_dir() -> Path:
+    """`cache_dir()` once it is known to be a directory (or creatable) that we can write to.
+
+    Checks without creating anything (`tunegguf doctor` calls it too); a file in its place,
+    or no write permission, is one line naming TUNEGGUF_CACHE, not a crash mid-export."""
+    cache = cache_dir()
+    origin = next((f" (from {name})" for name in ("TUNEGGUF_CACHE", "XDG_CACHE_HOME") if os.environ.get(name)), "")
+    existing = cache
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return cache
+    if not existing.is_dir():
+        problem = "is a file, not a directory" if existing == cache else f"is under {existing}, which is a file"
+    else:
+        problem = "is not writable" if existing == cache else f"cannot be created: {existing} is not writable"
+    raise TuneGGUFError(
+        f"cache directory {cache}{origin} {problem}; set TUNEGGUF_CACHE to a directory you can write to"
+    )
+
+
 def _load_builder(spec: str) -> Callable[[Path], None]:
     import importlib
 
@@ -67,7 +88,7 @@ def _load_builder(spec: str) -> Callable[[Path], None]:
 def materialize(alias: str) -> Path:
     """Build an alias into the cache once; return its directory."""
     entry = ALIASES[alias]
-    target = cache_dir() / "models" / f"{alias}-r{RECIPE_VERSION}"
+    target = checked_cache_dir() / "models" / f"{alias}-r{RECIPE_VERSION}"
     if (target / "config.json").is_file():
         return target
     require_free_disk(target.parent, entry.disk_bytes, f"the {alias} model cache")

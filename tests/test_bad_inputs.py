@@ -1,0 +1,216 @@
+"""Bad inputs from the reliability issue: each is one clear line (or a meaningful warning), never
+a traceback, and never a silent wrong result. One section per defect class."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from click.testing import CliRunner
+
+from tunegguf.data import DataConfig, inspect_files, prepare
+from tunegguf.errors import TuneGGUFError
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _rows(n=40):
+    return [{"text": f"review number {i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"}
+            for i in range(n)]
+
+
+def _one_line_error(call, *fragments) -> str:
+    with pytest.raises(TuneGGUFError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def _all_examples(result):
+    return [e for split in ("train", "validation", "test") for e in result.load(split)]
+
+
+# ---- #7 over-long rows ------------------------------------------------------------------
+
+
+def test_overlong_row_is_dropped_counted_and_warned(tmp_path):
+    rows = _rows()
+    rows.insert(3, {"text": "x" * 1_000_000, "label": "pos"})
+    result = prepare(DataConfig(train=_jsonl(tmp_path / "big.jsonl", rows)), tmp_path / "out")
+    assert max(len(e.text) for e in _all_examples(result)) < 100
+    assert result.manifest["dropped"]["train"]["too_long"] == 1
+    assert any("big.jsonl: dropped 1 rows over data.max_text_length=100000 characters" in w for w in result.warnings)
+
+
+def test_overlong_row_error_and_truncate_policies(tmp_path):
+    rows = _rows()
+    rows.insert(3, {"text": "y" * 500, "label": "pos"})
+    train = _jsonl(tmp_path / "long.jsonl", rows)
+    _one_line_error(lambda: prepare(DataConfig(train=train, max_text_length=200, too_long="error"), tmp_path / "e"),
+                    "long.jsonl, row 4 (line 4)", "500 characters, over data.max_text_length=200", "data.too_long")
+    cut = prepare(DataConfig(train=train, max_text_length=200, too_long="truncate"), tmp_path / "t")
+    lengths = sorted(len(e.text) for e in _all_examples(cut))
+    assert lengths[-1] == 200 and len(lengths) == 41
+    assert cut.manifest["truncated"] == {"train": {"too_long": 1}}
+    with pytest.raises(TuneGGUFError, match="data.too_long: truncate applies to task: classification"):
+        from tunegguf.config.typed import from_dict
+
+        from_dict(DataConfig, {"task": "instruction", "too_long": "truncate"}, "data")
+
+
+def test_token_limit_from_the_caller(tmp_path):
+    from tunegguf.data import LengthLimit
+
+    rows = _rows()
+    rows.insert(5, {"text": " ".join(["word"] * 50), "label": "neg"})
+    train = _jsonl(tmp_path / "words.jsonl", rows)
+    limit = LengthLimit(measure=lambda e: len(e.text.split()) + 3, max_seq_length=10, identity="words+3")
+    dropped = prepare(DataConfig(train=train), tmp_path / "d", limit)
+    assert dropped.manifest["dropped"]["train"]["too_long_tokens"] == 1
+    assert any("over model.max_seq_length=10 tokens" in w for w in dropped.warnings)
+    cut = prepare(DataConfig(train=train, too_long="truncate"), tmp_path / "t", limit)
+    assert max(len(e.text.split()) for e in _all_examples(cut)) == 7
+    _one_line_error(lambda: prepare(DataConfig(train=train, too_long="error"), tmp_path / "e", limit),
+                    "words.jsonl, row 6 (line 6)", "53 tokens as prompted, over model.max_seq_length=10",
+                    "raise model.max_seq_length")
+    # The limit is part of the fingerprint: a different tokenizer/template prepares again.
+    again = prepare(DataConfig(train=train), tmp_path / "d", LengthLimit(limit.measure, 10, identity="other"))
+    assert not again.reused
+
+
+# ---- #12 mixed label kinds --------------------------------------------------------------
+
+
+def test_mixed_int_and_text_labels_are_an_error(tmp_path):
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(10)]
+    rows += [{"text": f"w{i}", "label": "positive" if i % 2 else "negative"} for i in range(10)]
+    path = _jsonl(tmp_path / "mixed.jsonl", rows)
+    _one_line_error(lambda: prepare(DataConfig(train=path), tmp_path / "out"),
+                    "mixed.jsonl, column 'label'", "numbers (0 at row 1 (line 1))",
+                    "texts ('negative' at row 11 (line 11))", "4 classes", "data.label_map")
+    mapped = DataConfig(train=path, label_map={"0": "negative", "1": "positive",
+                                               "negative": "negative", "positive": "positive"})
+    assert prepare(mapped, tmp_path / "ok").labels == ["negative", "positive"]
+
+
+def test_mixed_label_kinds_in_any_loader(tmp_path):
+    csv = tmp_path / "mixed.csv"
+    csv.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(6)) + "u,positive\nv,negative\n")
+    _one_line_error(lambda: inspect_files([str(csv)], DataConfig()), "mixed.csv", "numbers ('0' at row 1 (line 2))",
+                    "texts ('positive' at row 7 (line 8))")
+    booleans = tmp_path / "bools.json"
+    booleans.write_text(json.dumps([{"text": "a", "label": True}, {"text": "b", "label": False},
+                                    {"text": "c", "label": "yes"}]))
+    _one_line_error(lambda: inspect_files([str(booleans)], DataConfig()), "bools.json", "booleans (True at row 1)",
+                    "texts ('yes' at row 3)")
+
+
+# ---- #13 cache directory ----------------------------------------------------------------
+
+
+def test_cache_path_that_is_a_file(tmp_path, monkeypatch):
+    from tunegguf import doctor
+    from tunegguf.models import resolve_model
+
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("TUNEGGUF_CACHE", str(blocker))
+    _one_line_error(lambda: resolve_model("tiny-llama3"), f"{blocker} (from TUNEGGUF_CACHE) is a file",
+                    "set TUNEGGUF_CACHE")
+    monkeypatch.setenv("TUNEGGUF_CACHE", str(blocker / "sub"))
+    _one_line_error(lambda: resolve_model("tiny-llama3"), f"is under {blocker}, which is a file")
+    report = doctor.run()
+    assert not report.ok
+    assert any("TUNEGGUF_CACHE" in problem for problem in report.problems)
+
+
+# ---- #14 inspect of a file without rows -------------------------------------------------
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("header.csv", "text,label\n", "only a header line"),
+    ("header.tsv", "text\tlabel\n", "only a header line"),
+    ("empty.jsonl", "", "empty or has only blank lines"),
+    ("blank.jsonl", "\n  \n\n", "empty or has only blank lines"),
+    ("empty.json", "[]", "an empty list of records"),
+])
+def test_inspect_of_a_file_without_rows_fails_like_prepare(tmp_path, name, content, fragment):
+    from tunegguf.cli.data import data_group
+
+    path = tmp_path / name
+    path.write_text(content)
+    _one_line_error(lambda: inspect_files([str(path)], DataConfig()), f"{path}: no data rows", fragment)
+    _one_line_error(lambda: prepare(DataConfig(train=str(path)), tmp_path / "out"), "no data rows", fragment)
+    result = CliRunner().invoke(data_group, ["inspect", str(path)])
+    assert result.exit_code == 2 and "no data rows" in result.output
+
+
+# ---- #15 tiny-class warning only on imbalance ---------------------------------------------
+
+
+def test_tiny_class_warning_needs_imbalance(tmp_path):
+    from tunegguf.data.prepare import distribution_warnings
+
+    assert distribution_warnings("test", Counter(negative=8, positive=8), 0.65) == []
+    assert distribution_warnings("test", Counter(a=3, b=3, c=3), 0.65) == []
+    skewed = distribution_warnings("train", Counter(big=95, small=5), 0.65)
+    assert any("class 'small' is tiny (5 of 100 rows, 5.0%" in w for w in skewed)
+    assert not any("'big' is tiny" in w for w in skewed)
+    demo = prepare(DataConfig(max_eval_examples=16, max_train_examples=32), tmp_path / "demo")
+    assert not [w for w in demo.warnings if "tiny" in w], demo.warnings
+
+
+# ---- #16 YAML error line ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, line", [
+    ('model:\n  name: "tiny\n  max_seq_length: 512\nfinetune:\n  max_steps: 10\n', 2),  # unclosed quote
+    ("finetune:\n  max_steps\n  seed: 3\n", 2),  # a key without its ':'
+    ("data:\n  text_columns: [a, b\n  seed: 1\n", 2),  # unclosed [
+    ("data:\n  train: x\n  - seed\n", 3),  # block errors already pointed right
+])
+def test_yaml_error_names_the_line_to_fix(tmp_path, text, line):
+    from tunegguf.config.run import load_run_config
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    _one_line_error(lambda: load_run_config(path), f"not valid YAML at line {line}:")
+
+
+# ---- #6 a user's input file for predict -------------------------------------------------
+
+
+@pytest.mark.parametrize("name, content, fragments", [
+    ("tabs.csv", "text\tlabel\ngood one\t1\nbad, sadly\t0\n", ["tab-separated", "rename it to tabs.tsv"]),
+    ("empty.csv", "", ["the file is empty"]),
+    ("bad.jsonl", '{"text": "a"}\n{"text": "b",}\n', ["line 2 is not valid JSON"]),
+    ("commas.csv", "text,label\ngood,1\ngood, really,1\n",
+     ["line 3 has 3 comma-separated fields, the header has 2", "double quotes"]),
+    ("shifted.csv", "text,label\nfine, thanks,1\nbad, sadly,0\n", ["line 2 has 3 comma-separated fields"]),
+])
+def test_load_rows_gives_the_data_stage_errors(tmp_path, name, content, fragments):
+    from tunegguf.data import load_rows
+
+    path = tmp_path / name
+    path.write_text(content)
+    _one_line_error(lambda: load_rows(path), name, *fragments)
+
+
+def test_load_rows_reads_texts_and_checks_the_column(tmp_path):
+    from tunegguf.data import load_rows
+
+    path = tmp_path / "in.csv"
+    path.write_text('id,review\n1,"good, really"\n2, fine \n')
+    rows, texts = load_rows(path, "review")
+    assert texts == ["good, really", "fine"] and rows[0] == {"id": "1", "review": "good, really"}
+    _one_line_error(lambda: load_rows(path, "reviw"), "no column 'reviw'", "did you mean 'review'", "use --text-column")
+    path.write_text("id,review\n1,good\n2,\n")
+    _one_line_error(lambda: load_rows(path, "review"), "in.csv, row 2 (line 3): no text in column 'review'")
+    _one_line_error(lambda: load_rows(tmp_path / "nope.csv"), "file not found", "did you mean 'in.csv'")
