@@ -202,7 +202,7 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def start_worker(tmp_path: Path, finetune: dict, *extra: str) -> subprocess.Popen:
+def start_worker(tmp_path: Path, finetune: dict, *extra: str, env: dict | None = None) -> subprocess.Popen:
     spec = {
         "finetune": finetune, "model": {"name": "tiny-llama3", "max_seq_length": 128}, "labels": LABELS,
         "train": [e.to_dict() for e in examples(32)], "validation": [e.to_dict() for e in examples(6, offset=90)],
@@ -212,12 +212,14 @@ def start_worker(tmp_path: Path, finetune: dict, *extra: str) -> subprocess.Pope
     (tmp_path / "worker.py").write_text(WORKER)
     return subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "spec.json"), *extra],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
 def worker_result(proc: subprocess.Popen, timeout: float = 240) -> dict:
     output, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, output[-3000:]
+    # Unsloth patches transformers as it is imported; imported after it, its kernels may not apply.
+    assert "Unsloth should be imported before" not in output, output[-3000:]
     line = next(x for x in output.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
@@ -231,6 +233,17 @@ def test_peft_engine_in_a_clean_process(tmp_path):
     assert info["engine"] == "peft" and "unsloth" not in info["library_versions"]
     lora_b = [v for k, v in lora_tensors(tmp_path / "ft" / "adapter").items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+
+
+def test_unsloth_is_imported_before_transformers_in_a_fresh_process(tmp_path):
+    """With an empty cache the stage first builds the model with transformers: Unsloth
+    must already be imported by then (worker_result fails on its import-order warning)."""
+    proc = start_worker(tmp_path, {"engine": "auto", "max_steps": 1, "batch_size": 4, "eval_every": 0,
+                                   "save_every": 0, "baseline": False, "warmup_steps": 0},
+                        env={"TUNEGGUF_CACHE": str(tmp_path / "empty-cache")})
+    result = worker_result(proc)
+    assert result["unsloth_imported"] and result["steps"] == 1
+    assert (tmp_path / "empty-cache" / "models").is_dir(), "the model was built in this process"
 
 
 def test_kill_during_training_then_resume(tmp_path):

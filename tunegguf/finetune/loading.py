@@ -7,8 +7,10 @@ patches them on import; the PEFT engine never imports it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,22 @@ class Loaded:
     """"unsloth" or "peft"."""
     precision: Precision
     notes: list[str] = field(default_factory=list)
+
+
+def import_unsloth_first(engine: str) -> None:
+    """Import Unsloth before anything imports transformers, trl or peft, when it may train.
+
+    Unsloth patches those libraries as it is imported; imported after them it warns that
+    "all optimizations" may not apply, and on a GPU that is the difference between its
+    kernels and plain Transformers. The plain PEFT engine never imports it. A failing
+    import is left for the loader, which reports it (or falls back, with engine auto).
+    """
+    if engine == "peft" or "unsloth" in sys.modules or importlib.util.find_spec("unsloth") is None:
+        return
+    try:
+        import unsloth  # noqa: F401
+    except Exception:  # noqa: BLE001 - load_for_training imports it again and says why
+        pass
 
 
 def resolve_precision(model_cfg: ModelConfig) -> Precision:

@@ -172,7 +172,11 @@ def run(
     if not validation:
         _note(notes, "no validation rows: nothing is scored in the loop and the last step's adapter is kept")
 
-    from tunegguf.finetune.loading import describe_oom, library_versions, load_for_training, resolve_precision
+    from tunegguf.finetune.loading import (
+        describe_oom, import_unsloth_first, library_versions, load_for_training, resolve_precision,
+    )
+
+    import_unsloth_first(config.engine)  # before resolving the model, which may import transformers
     from tunegguf.models import resolve_model
 
     precision = resolve_precision(model)  # refuses 4-bit without CUDA before any loading
@@ -220,7 +224,7 @@ def run(
         append_jsonl(rd.metrics, row)
         state.baseline = row
         _write(describe_eval("zero-shot baseline", row, metric_for_best))
-        from tunegguf.evaluate.metrics import collapse_warning
+        from tunegguf.scoring.metrics import collapse_warning
 
         warning = collapse_warning(result, "baseline") if "per_class" in result else None
         if warning:
