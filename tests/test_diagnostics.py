@@ -14,17 +14,10 @@ from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate import EvaluateConfig, ModelSpec, evaluate_backends
 from tunegguf.evaluate.backends.fake import FakeBackend
-from tunegguf.evaluate.diagnostics import (
-    ADAPTER_KIND,
-    GoTemplateError,
-    is_unquantized,
-    ollama_data,
-    read_modelfile,
-    render_go_template,
-    stage_parents,
-    step_name,
-)
 from tunegguf.evaluate.recommend import recommend
+from tunegguf.evaluate.stages import ADAPTER_KIND, is_unquantized, stage_parents, step_name
+from tunegguf.export.go_template import GoTemplateError, ollama_data, render_go_template
+from tunegguf.export.modelfile import read_modelfile
 
 LABELS = ["negative", "positive"]
 VOCAB = 150

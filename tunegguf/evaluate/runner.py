@@ -163,7 +163,7 @@ def run(
 
     models = []
     if adapter_reference is not None:
-        from tunegguf.evaluate.diagnostics import ADAPTER_KIND, ADAPTER_NAME, open_unmerged_adapter
+        from tunegguf.evaluate.stages import ADAPTER_KIND, ADAPTER_NAME, open_unmerged_adapter
 
         base, ref_adapter = adapter_reference
         models.append(ModelSpec(
@@ -203,7 +203,7 @@ def run(
         context["adapter_reference"] = [str(adapter_reference[0]), str(adapter_reference[1])]
     checks = None
     if config.template_checks and files:
-        from tunegguf.evaluate.diagnostics import template_checks_for_run
+        from tunegguf.evaluate.template_checks import template_checks_for_run
 
         checks = template_checks_for_run(resolved.path, files, modelfiles or {}, prompt, labels, examples[0])
     return evaluate_backends(
@@ -239,7 +239,7 @@ def evaluate_backends(
     diagnostics: optional {"templates": template_checks dict, "weight_parity": {name: block}}
     copied into report.json.
     """
-    from tunegguf.evaluate.diagnostics import ADAPTER_KIND, StageDivergence, stage_parents
+    from tunegguf.evaluate.stages import ADAPTER_KIND, StageDivergence, stage_parents
     from tunegguf.evaluate.report import write_reports
 
     kinds = [spec.kind for spec in models]
@@ -428,7 +428,7 @@ def build_report(
     parity = {s.name: _gguf_parity(config, examples, labels, ref, s, weights) for s in scored if s.kind == "gguf"}
     verdicts = {name: verdict(block, config) for name, block in parity.items()}
     primary = "labels" if "labels" in config.modes else "generate"
-    from tunegguf.evaluate.diagnostics import stage_table
+    from tunegguf.evaluate.stages import stage_table
 
     stages = stage_table(scored, y_true, weights, mode=primary, divergence=stage_kl)
     report = {
