@@ -14,11 +14,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tunegguf.evaluate.backends import ModelKind
 from tunegguf.evaluate.parity import NextTokenDivergence, prediction_parity
 
-ADAPTER_KIND = "hf_adapter"
-"""ModelScores.kind of the unmerged base + LoRA adapter (scored before the merged HF model)."""
-ADAPTER_NAME = "hf+adapter"
 UNQUANTIZED = ("f32", "f16", "bf16")
 
 def is_unquantized(name: str, file: str | Path | None = None) -> bool:
@@ -36,22 +34,22 @@ def stage_parents(models: Sequence[tuple[str, str, Any]]) -> dict[str, str]:
     each quant (quantization). Without an unquantized GGUF the quants hang off the HF model.
     """
     parents: dict[str, str] = {}
-    adapter = next((n for n, k, _ in models if k == ADAPTER_KIND), None)
-    hf = next((n for n, k, _ in models if k == "hf"), None)
-    f16 = next((n for n, k, f in models if k == "gguf" and is_unquantized(n, f)), None)
+    adapter = next((n for n, k, _ in models if k == ModelKind.HF_ADAPTER), None)
+    hf = next((n for n, k, _ in models if k == ModelKind.HF), None)
+    f16 = next((n for n, k, f in models if k == ModelKind.GGUF and is_unquantized(n, f)), None)
     for name, kind, _ in models:
-        if kind == "hf" and adapter is not None:
+        if kind == ModelKind.HF and adapter is not None:
             parents[name] = adapter
-        elif kind == "gguf" and hf is not None:
+        elif kind == ModelKind.GGUF and hf is not None:
             parents[name] = hf if (name == f16 or f16 is None) else f16
     return parents
 
 
 def step_name(parent_kind: str, child_name: str, child_file: Any = None) -> str:
     """What turned the parent into the child: "merge", "conversion", "quantization (Qx)"."""
-    if parent_kind == ADAPTER_KIND:
+    if parent_kind == ModelKind.HF_ADAPTER:
         return "merge"
-    if parent_kind == "hf":
+    if parent_kind == ModelKind.HF:
         if is_unquantized(child_name, child_file):
             return "conversion"
         return f"conversion + quantization ({child_name})"
@@ -197,21 +195,4 @@ def _stage_summary(largest: dict[str, Any] | None) -> str:
         return f"No step lost accuracy on this split (largest divergence: {largest['step']}{kl_text})"
     return (f"The largest loss is at {largest['step']} ({largest['parent']} -> {largest['child']}): "
             f"accuracy {100 * diff:+.1f} pts lower, agreement {100 * largest['agreement']:.1f}%{kl_text}")
-
-
-def open_unmerged_adapter(base: str | Path, adapter_dir: str | Path, *, device: str = "auto",
-                          batch_size: int = 16) -> Any:
-    """An HFBackend whose model is base + LoRA adapter, NOT merged (PEFT applies the
-    low-rank update on the fly), so the merge itself is a measured step of the chain."""
-    from tunegguf.evaluate.backends.hf import HFBackend, attach_adapter
-    from tunegguf.errors import TuneGGUFError
-
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
-    backend = HFBackend(base, None, device=device, batch_size=batch_size, name=ADAPTER_NAME)
-    backend.model = attach_adapter(backend.model, adapter_dir, merge=False,
-                                    hint=f"the base model here is {base}; pass the base it was trained on")
-    backend.info.update({"adapter": str(adapter_dir), "merged": False})
-    return backend
 
