@@ -13,18 +13,12 @@ from click.testing import CliRunner
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate import EvaluateConfig, ModelSpec, evaluate_backends
+from tunegguf.evaluate.backends import ModelKind
 from tunegguf.evaluate.backends.fake import FakeBackend
-from tunegguf.evaluate.diagnostics import (
-    ADAPTER_KIND,
-    GoTemplateError,
-    is_unquantized,
-    ollama_data,
-    read_modelfile,
-    render_go_template,
-    stage_parents,
-    step_name,
-)
 from tunegguf.evaluate.recommend import recommend
+from tunegguf.evaluate.stages import is_unquantized, stage_parents, step_name
+from tunegguf.export.go_template import GoTemplateError, ollama_data, render_go_template
+from tunegguf.export.modelfile import read_modelfile
 
 LABELS = ["negative", "positive"]
 VOCAB = 150
@@ -73,12 +67,12 @@ def run_chain(tmp_path, models, examples, prompts, **kw):
 
 
 def test_chain_parents_and_step_names():
-    chain = [("hf+adapter", ADAPTER_KIND, None), ("hf", "hf", None), ("Q8_0", "gguf", "m-Q8_0.gguf"),
+    chain = [("hf+adapter", ModelKind.HF_ADAPTER, None), ("hf", "hf", None), ("Q8_0", "gguf", "m-Q8_0.gguf"),
              ("F16", "gguf", "m-f16.gguf"), ("Q4_K_M", "gguf", "m-Q4_K_M.gguf")]
     assert stage_parents(chain) == {"hf": "hf+adapter", "F16": "hf", "Q8_0": "F16", "Q4_K_M": "F16"}
     # Without an unquantized file every quant hangs off the HF model.
     assert stage_parents([("hf", "hf", None), ("Q8_0", "gguf", None)]) == {"Q8_0": "hf"}
-    assert step_name(ADAPTER_KIND, "hf") == "merge"
+    assert step_name(ModelKind.HF_ADAPTER, "hf") == "merge"
     assert step_name("hf", "F16") == "conversion"
     assert step_name("hf", "Q8_0") == "conversion + quantization (Q8_0)"
     assert step_name("gguf", "Q4_K_M") == "quantization (Q4_K_M)"
@@ -89,7 +83,7 @@ def test_quantization_loss_is_attributed_to_the_quant(tmp_path):
     examples, prompts, truth = make_rows()
     same = logits_fn(truth)
     models = [
-        spec("hf+adapter", ADAPTER_KIND, same),
+        spec("hf+adapter", ModelKind.HF_ADAPTER, same),
         spec("hf", "hf", same),
         spec("f16", "gguf", logits_fn(truth, noise=0.01, seed=1), fake_file(tmp_path, "f16", 3000)),
         spec("Q8_0", "gguf", logits_fn(truth, noise=0.05, seed=2), fake_file(tmp_path, "Q8_0", 1600)),
@@ -137,7 +131,7 @@ def test_stage_kl_matches_a_direct_computation(tmp_path):
 def test_merge_loss_is_attributed_to_the_merge(tmp_path):
     examples, prompts, truth = make_rows()
     models = [
-        spec("hf+adapter", ADAPTER_KIND, logits_fn(truth)),
+        spec("hf+adapter", ModelKind.HF_ADAPTER, logits_fn(truth)),
         spec("hf", "hf", logits_fn(truth, flip_every=5)),
         spec("f16", "gguf", logits_fn(truth, flip_every=5), fake_file(tmp_path, "f16", 10)),
     ]
@@ -148,7 +142,7 @@ def test_merge_loss_is_attributed_to_the_merge(tmp_path):
 
 def test_adapter_model_must_come_before_the_reference(tmp_path):
     examples, prompts, truth = make_rows(4)
-    models = [spec("hf", "hf", logits_fn(truth)), spec("hf+adapter", ADAPTER_KIND, logits_fn(truth))]
+    models = [spec("hf", "hf", logits_fn(truth)), spec("hf+adapter", ModelKind.HF_ADAPTER, logits_fn(truth))]
     with pytest.raises(TuneGGUFError, match="first model to evaluate must be the Transformers reference"):
         run_chain(tmp_path, models, examples, prompts)
 
@@ -156,7 +150,7 @@ def test_adapter_model_must_come_before_the_reference(tmp_path):
 def test_failed_adapter_model_leaves_an_empty_step(tmp_path):
     examples, prompts, truth = make_rows(6)
     models = [
-        ModelSpec("hf+adapter", ADAPTER_KIND, lambda: FakeBackend("a", logits_fn(truth), fail_on="next_token_logprobs")),
+        ModelSpec("hf+adapter", ModelKind.HF_ADAPTER, lambda: FakeBackend("a", logits_fn(truth), fail_on="next_token_logprobs")),
         spec("hf", "hf", logits_fn(truth)),
     ]
     report = json.loads(run_chain(tmp_path, models, examples, prompts).report_json.read_text())

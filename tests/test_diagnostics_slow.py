@@ -9,7 +9,7 @@ import pytest
 
 from tunegguf.data.example import Example
 from tunegguf.evaluate import EvaluateConfig
-from tunegguf.evaluate.diagnostics import template_checks
+from tunegguf.evaluate.template_checks import template_checks
 from tunegguf.prompts.config import PromptConfig
 
 pytestmark = pytest.mark.slow

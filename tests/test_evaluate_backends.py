@@ -177,6 +177,51 @@ def test_missing_gguf_is_a_clean_error(tmp_path):
         LlamaCppBackend(tmp_path / "nope.gguf")
 
 
+def test_open_backend_picks_the_runtime_the_spec_names(tmp_path):
+    import json
+    import socket
+
+    from tunegguf.evaluate.backends import BackendOptions, BackendSpec, ModelKind, open_backend
+    from tunegguf.evaluate.runner import ModelSpec
+
+    assert [k.value for k in ModelKind] == ["hf", "hf_adapter", "gguf"]
+    assert ModelKind.GGUF == "gguf" and f"{ModelKind.HF_ADAPTER}" == "hf_adapter" and json.dumps(ModelKind.HF) == '"hf"'
+    gguf = BackendSpec(ModelKind.GGUF, "Q8_0", tmp_path / "nope.gguf")
+    assert gguf.file == tmp_path / "nope.gguf"
+    with pytest.raises(TuneGGUFError, match="GGUF file not found"):
+        open_backend(gguf)
+    # A ModelSpec only describes the model: the backend opens when it is scored.
+    model = ModelSpec.of(gguf, BackendOptions(n_threads=1))
+    assert (model.name, model.kind, model.file) == ("Q8_0", ModelKind.GGUF, gguf.file)
+    with pytest.raises(TuneGGUFError, match="GGUF file not found"):
+        model.open()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    served = BackendSpec(ModelKind.GGUF, "served", url=f"http://127.0.0.1:{port}", vocab_size=10)
+    assert served.file is None
+    with pytest.raises(TuneGGUFError, match="cannot reach the server"):
+        open_backend(served)
+    with pytest.raises(ValueError, match="needs adapter_dir"):
+        BackendSpec(ModelKind.HF_ADAPTER, "hf+adapter", "tiny-llama3")
+
+
+def test_a_directory_without_adapter_config_fails_before_any_model_loads(tmp_path):
+    from tunegguf.evaluate import EvaluateConfig, run
+    from tunegguf.models.adapter import require_adapter_dir
+
+    message = rf"^{tmp_path} is not a LoRA adapter directory \(no adapter_config.json\)$"
+    with pytest.raises(TuneGGUFError, match=message):
+        require_adapter_dir(tmp_path)
+    examples = [Example(id="a", text="fine", label="positive")]
+    # The model name resolves to nothing: the adapter check must come first.
+    for adapter in ({"adapter_dir": tmp_path}, {"adapter_reference": ("no-such-model", tmp_path)}):
+        with pytest.raises(TuneGGUFError, match=message):
+            run(EvaluateConfig(), prompt=PromptConfig(), examples=examples, labels=LABELS, hf_model="no-such-model",
+                out_dir=tmp_path / "out", **adapter)
+    assert not (tmp_path / "out").exists()
+
+
 def _random_adapter(model_dir: Path, out: Path, seed: int = 0) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model

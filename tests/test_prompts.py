@@ -55,6 +55,28 @@ def test_instruction_rows_and_inference_rows():
     assert PromptRenderer(PromptConfig(format="chatml"), CHATML_TOKENS, LABELS).render(unlabeled).target == ""
 
 
+def test_messages_are_the_conversation_the_prompt_renders():
+    from tunegguf.prompts.templates import CHATML_TEMPLATE, render_chat_template
+
+    config = PromptConfig(format="chatml", system_prompt="Classify sentiment.", instruction="Positive or negative?",
+                          input_prefix="Review: ")
+    renderer = PromptRenderer(config, CHATML_TOKENS, LABELS)
+    messages = renderer.messages(EXAMPLE)
+    assert messages == [
+        {"role": "system", "content": "Classify sentiment."},
+        {"role": "user", "content": "Positive or negative?\nReview: a gorgeous , witty film"},
+    ]
+    assert renderer.messages(EXAMPLE, with_answer=True) == messages + [{"role": "assistant", "content": "positive"}]
+    specials = CHATML_TOKENS.special_tokens()
+    assert render_chat_template(CHATML_TEMPLATE, messages, add_generation_prompt=True,
+                                special_tokens=specials) == renderer.render(EXAMPLE).prompt
+    # No system prompt, an instruction row without input, an unlabelled row: no extra turns.
+    plain = PromptRenderer(PromptConfig(format="chatml"), CHATML_TOKENS)
+    assert plain.messages(Example(id="i-1", instruction="Say hi.", output="hi"), with_answer=True) == [
+        {"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}]
+    assert [m["role"] for m in plain.messages(Example(id="u-1", text="x"), with_answer=True)] == ["user"]
+
+
 def test_verbalizers_and_bad_labels():
     config = PromptConfig(format="chatml", verbalizers={"positive": "good", "negative": "bad"})
     renderer = PromptRenderer(config, CHATML_TOKENS, LABELS)

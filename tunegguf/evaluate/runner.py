@@ -17,17 +17,20 @@ import numpy as np
 
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
-from tunegguf.evaluate.backends.base import Backend
+from tunegguf.evaluate.backends import Backend, BackendOptions, BackendSpec, ModelKind, open_backend
 from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
 from tunegguf.scoring.metrics import collapse_warning
 from tunegguf.evaluate.parity import flipped_examples, prediction_parity, probability_parity, verdict
 from tunegguf.evaluate.scoring import ModelScores, ReferenceLogprobs, score_model
 from tunegguf.io import require_free_disk
+from tunegguf.models.adapter import require_adapter_dir
 from tunegguf.prompts.config import PromptConfig
 from tunegguf.prompts.verbalizer import UNPARSED
 
 REFERENCE = "hf"
+ADAPTER_NAME = "hf+adapter"
+"""The name of the unmerged base + adapter model (ModelKind.HF_ADAPTER) in reports."""
 
 
 @dataclass
@@ -35,11 +38,16 @@ class ModelSpec:
     """A model to score: how to open its backend, and what it is."""
 
     name: str
-    kind: str
-    """"hf" (the reference, scored first), "gguf", or "hf_adapter" (the unmerged base +
-    adapter, scored before "hf" for stage attribution only; no verdict)."""
+    kind: ModelKind
+    """HF (the reference, scored first), GGUF, or HF_ADAPTER (the unmerged base + adapter,
+    scored before HF for stage attribution only; no verdict)."""
     open: Callable[[], Backend]
     file: Path | None = None
+
+    @classmethod
+    def of(cls, spec: BackendSpec, options: BackendOptions) -> "ModelSpec":
+        """The model `spec` names, opened by `open_backend` when it is scored."""
+        return cls(spec.name, spec.kind, lambda: open_backend(spec, options), file=spec.file)
 
 
 @dataclass
@@ -139,18 +147,13 @@ def run(
     labels = list(labels)
     examples = check_examples(examples, labels)[: config.limit]
     files = select_gguf_files(gguf_files, config.quants)
-    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
-    if adapter_reference is not None:
-        ref_adapter = Path(adapter_reference[1])
-        if not (ref_adapter / "adapter_config.json").is_file():
-            raise TuneGGUFError(f"{ref_adapter} is not a LoRA adapter directory (no adapter_config.json)")
+    for adapter in (adapter_dir, adapter_reference[1] if adapter_reference else None):
+        if adapter is not None:
+            require_adapter_dir(adapter)
 
     # Heavy imports only once the inputs are known to be sound.
     from transformers import AutoTokenizer
 
-    from tunegguf.evaluate.backends.hf import HFBackend
-    from tunegguf.evaluate.backends.llamacpp import LlamaCppBackend
     from tunegguf.models.registry import describe_hub_error, resolve_model
     from tunegguf.prompts.renderer import PromptRenderer, TemplateTokens
 
@@ -162,49 +165,26 @@ def run(
     renderer = PromptRenderer(prompt, TemplateTokens.from_hf_tokenizer(tokenizer), labels)
     prompts = [renderer.render(example).prompt for example in examples]
 
-    models = []
+    specs: list[BackendSpec] = []
     if adapter_reference is not None:
-        from tunegguf.evaluate.diagnostics import ADAPTER_KIND, ADAPTER_NAME, open_unmerged_adapter
-
         base, ref_adapter = adapter_reference
-        models.append(ModelSpec(
-            ADAPTER_NAME, ADAPTER_KIND,
-            lambda: open_unmerged_adapter(base, ref_adapter, device=config.device, batch_size=config.batch_size),
-        ))
-    models += [
-        ModelSpec(
-            REFERENCE,
-            "hf",
-            lambda: HFBackend(resolved.path, adapter_dir, device=config.device, batch_size=config.batch_size),
-        )
-    ]
-    for name, path in files.items():
-        models.append(
-            ModelSpec(
-                name,
-                "gguf",
-                # Bind the loop variables now; a plain closure would see the last file.
-                lambda path=path, name=name: LlamaCppBackend(
-                    path, n_ctx=config.n_ctx, n_threads=config.n_threads, name=name,
-                    extra_buffers=config.llama_extra_buffers,
-                ),
-                file=path,
-            )
-        )
+        specs.append(BackendSpec(ModelKind.HF_ADAPTER, ADAPTER_NAME, base, adapter_dir=Path(ref_adapter)))
+    specs.append(BackendSpec(ModelKind.HF, REFERENCE, resolved.path, adapter_dir=adapter_dir))
+    specs += [BackendSpec(ModelKind.GGUF, name, path) for name, path in files.items()]
     if servers:
-        from tunegguf.evaluate.backends.server import ServerBackend
-
         # Servers do not report their vocabulary; the HF model's logits width is the one to match.
         config_json = Path(resolved.path) / "config.json"
         vocab = (json.loads(config_json.read_text()).get("vocab_size") if config_json.is_file() else None) or len(tokenizer)
-        for name, url in servers.items():
-            models.append(ModelSpec(name, "gguf", lambda url=url, name=name: ServerBackend(url, name=name, vocab_size=vocab)))
+        specs += [BackendSpec(ModelKind.GGUF, name, url=url, vocab_size=vocab) for name, url in servers.items()]
+    options = BackendOptions(device=config.device, batch_size=config.batch_size, n_ctx=config.n_ctx,
+                             n_threads=config.n_threads, extra_buffers=config.llama_extra_buffers)
+    models = [ModelSpec.of(spec, options) for spec in specs]
     context = {"hf_model": resolved.path, "adapter_dir": str(adapter_dir) if adapter_dir else None, "prompt": prompt}
     if adapter_reference is not None:
         context["adapter_reference"] = [str(adapter_reference[0]), str(adapter_reference[1])]
     checks = None
     if config.template_checks and files:
-        from tunegguf.evaluate.diagnostics import template_checks_for_run
+        from tunegguf.evaluate.template_checks import template_checks_for_run
 
         checks = template_checks_for_run(resolved.path, files, modelfiles or {}, prompt, labels, examples[0])
     return evaluate_backends(
@@ -235,17 +215,17 @@ def evaluate_backends(
     diagnostics: dict[str, Any] | None = None,
 ) -> EvaluateResult:
     """Score `models` in order (the first is the HF reference, optionally preceded by the
-    unmerged "hf_adapter"), compare, write the reports.
+    unmerged HF_ADAPTER), compare, write the reports.
 
     diagnostics: optional {"templates": template_checks dict, "weight_parity": {name: block}}
     copied into report.json.
     """
-    from tunegguf.evaluate.diagnostics import ADAPTER_KIND, StageDivergence, stage_parents
+    from tunegguf.evaluate.stages import StageDivergence, stage_parents
     from tunegguf.evaluate.report import write_reports
 
     kinds = [spec.kind for spec in models]
-    first = next((i for i, kind in enumerate(kinds) if kind != ADAPTER_KIND), len(kinds))
-    if not models or first >= len(kinds) or kinds[first] != "hf" or ADAPTER_KIND in kinds[first:]:
+    first = next((i for i, kind in enumerate(kinds) if kind != ModelKind.HF_ADAPTER), len(kinds))
+    if not models or first >= len(kinds) or kinds[first] != ModelKind.HF or ModelKind.HF_ADAPTER in kinds[first:]:
         raise TuneGGUFError("the first model to evaluate must be the Transformers reference")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -271,21 +251,21 @@ def evaluate_backends(
         scored: list[ModelScores] = []
         # One model at a time: two runtimes computing at once would fight for the cores.
         for spec in models:
-            open_backend = stages.wrap(spec.name, spec.open)
+            opener = stages.wrap(spec.name, spec.open)
             scores = ModelScores(
                 name=spec.name, kind=spec.kind, file=str(spec.file) if spec.file else None,
                 size_bytes=spec.file.stat().st_size if spec.file else None,
             )
-            if spec.kind == ADAPTER_KIND:
-                score_model(open_backend, scores, **common)
-            elif spec.kind == "hf":
-                score_model(open_backend, scores, write_reference=write_reference, **common)
+            if spec.kind == ModelKind.HF_ADAPTER:
+                score_model(opener, scores, **common)
+            elif spec.kind == ModelKind.HF:
+                score_model(opener, scores, write_reference=write_reference, **common)
                 if not scores.ok:
                     raise TuneGGUFError(f"the Transformers model could not be scored: {scores.error}")
             else:
                 ref = store.get("ref")
                 score_model(
-                    open_backend, scores, **common,
+                    opener, scores, **common,
                     read_reference=ref.read if ref else None,
                     reference_vocab=ref.vocab if ref else None,
                 )
@@ -410,7 +390,7 @@ def build_report(
 
     y_true = [e.label for e in examples]
     weights = bootstrap_weights(len(examples), config.bootstrap, config.seed)
-    ref = next(s for s in scored if s.kind == "hf")
+    ref = next(s for s in scored if s.kind == ModelKind.HF)
     models: dict[str, Any] = {}
     warnings: list[str] = []
     for scores in scored:
@@ -426,10 +406,10 @@ def build_report(
                 if warning:
                     warnings.append(warning)
         models[scores.name] = block
-    parity = {s.name: _gguf_parity(config, examples, labels, ref, s, weights) for s in scored if s.kind == "gguf"}
+    parity = {s.name: _gguf_parity(config, examples, labels, ref, s, weights) for s in scored if s.kind == ModelKind.GGUF}
     verdicts = {name: verdict(block, config) for name, block in parity.items()}
     primary = "labels" if "labels" in config.modes else "generate"
-    from tunegguf.evaluate.diagnostics import stage_table
+    from tunegguf.evaluate.stages import stage_table
 
     stages = stage_table(scored, y_true, weights, mode=primary, divergence=stage_kl)
     report = {

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tunegguf.errors import TuneGGUFError
-from tunegguf.evaluate.backends.base import Backend
+from tunegguf.evaluate.backends import Backend, ModelKind
 from tunegguf.evaluate.parity import NextTokenDivergence
 from tunegguf.prompts.verbalizer import UNPARSED, label_token_ids, parse_answer
 
@@ -25,8 +25,7 @@ class ModelScores:
     """Everything one model produced on the split (rows in example order)."""
 
     name: str
-    kind: str
-    """"hf" for the reference, "gguf" for a file compared with it."""
+    kind: ModelKind
     file: str | None = None
     size_bytes: int | None = None
     error: str | None = None

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from tunegguf.errors import TuneGGUFError
 from tunegguf.io import atomic_dir, read_json, require_free_disk, write_json
+from tunegguf.models.adapter import ADAPTER_CONFIG, require_adapter_dir
 
 PEFT_PREFIX = "base_model.model."
 MERGE_INFO = "tunegguf_merge.json"
@@ -79,9 +80,7 @@ def _load_adapter_tensors(path: Path) -> dict[str, Any]:
 
 
 def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
-    path = adapter_dir / "adapter_config.json"
-    if not path.is_file():
-        raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    path = require_adapter_dir(adapter_dir) / ADAPTER_CONFIG
     config = read_json(path)
     if config.get("peft_type", "LORA") != "LORA":
         raise TuneGGUFError(f"{path}: peft_type {config.get('peft_type')!r} is not LORA; only LoRA adapters can be merged")

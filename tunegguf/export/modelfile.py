@@ -5,10 +5,12 @@ ChatML or a Llama 3 template would (allowing a default system prompt and a fixed
 system-prompt preamble such as Llama 3.1's dates), the same text is written as an Ollama
 Go template and checked by rendering both. Anything else gets no TEMPLATE line and a
 note: Ollama then falls back to the template embedded in the GGUF, if it recognizes it.
+`read_modelfile` reads a Modelfile's TEMPLATE, SYSTEM and stops back (for the template checks).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,3 +138,26 @@ def stop_tokens(tokenizer: Any, generation_eos: Any) -> list[str]:
 def write_modelfile(path: Path, gguf_name: str, **kwargs: Any) -> Path:
     atomic_write_text(path, modelfile_text(gguf_name, **kwargs))
     return path
+
+
+@dataclass
+class Modelfile:
+    template: str | None
+    system: str | None
+    stops: list[str]
+
+
+def read_modelfile(path: str | Path) -> Modelfile:
+    """TEMPLATE, SYSTEM and `PARAMETER stop` lines of an Ollama Modelfile."""
+    text = Path(path).read_text(encoding="utf-8")
+
+    def directive(name: str) -> str | None:
+        m = re.search(rf'^{name}\s+"""(.*?)"""', text, re.MULTILINE | re.DOTALL | re.IGNORECASE)
+        if m:
+            return m.group(1)
+        m = re.search(rf'^{name}\s+(?!""")(.+)$', text, re.MULTILINE | re.IGNORECASE)
+        return m.group(1).strip().strip('"') if m else None
+
+    stops = [m.group(1) or m.group(2) for m in re.finditer(
+        r'^PARAMETER\s+stop\s+(?:"((?:[^"\\]|\\.)*)"|(\S+))\s*$', text, re.MULTILINE | re.IGNORECASE)]
+    return Modelfile(directive("TEMPLATE"), directive("SYSTEM"), stops)

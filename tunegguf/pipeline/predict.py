@@ -75,8 +75,7 @@ def predictor_from_run(run_dir: Path, model: str | None = None) -> Predictor:
 
 def predict(predictor: Predictor, texts: Sequence[str], *, batch_size: int = 16) -> list[Prediction]:
     """Label-probability predictions for `texts` (one forward pass each, batched)."""
-    from tunegguf.evaluate.backends.hf import HFBackend
-    from tunegguf.evaluate.backends.llamacpp import LlamaCppBackend
+    from tunegguf.evaluate.backends import BackendOptions, BackendSpec, ModelKind, open_backend
     from tunegguf.evaluate.scoring import ModelScores, score_model
 
     texts = list(texts)
@@ -84,23 +83,20 @@ def predict(predictor: Predictor, texts: Sequence[str], *, batch_size: int = 16)
         return []
     if predictor.is_gguf:
         tokens = TemplateTokens.from_gguf(predictor.model)
-
-        def open_backend():
-            return LlamaCppBackend(predictor.model, n_threads=predictor.n_threads, name="gguf")
+        spec = BackendSpec(ModelKind.GGUF, "gguf", predictor.model)
     else:
         from transformers import AutoTokenizer
 
         if not (predictor.model / "config.json").is_file():
             raise TuneGGUFError(f"{predictor.model} is neither a .gguf file nor an HF checkpoint directory")
         tokens = TemplateTokens.from_hf_tokenizer(AutoTokenizer.from_pretrained(predictor.model))
-
-        def open_backend():
-            return HFBackend(str(predictor.model), batch_size=batch_size)
+        spec = BackendSpec(ModelKind.HF, "hf", str(predictor.model))
+    options = BackendOptions(batch_size=batch_size, n_threads=predictor.n_threads)
 
     renderer = PromptRenderer(predictor.prompt, tokens, predictor.labels)
     prompts = [renderer.render(Example(id=str(i), text=t)).prompt for i, t in enumerate(texts)]
     scores = score_model(
-        open_backend, ModelScores(name="predict", kind="gguf" if predictor.is_gguf else "hf"),
+        lambda: open_backend(spec, options), ModelScores(name="predict", kind=spec.kind),
         prompts=prompts, labels=predictor.labels, words=renderer.words, modes=["labels"],
         batch_size=batch_size, max_new_tokens=1,
     )

@@ -118,31 +118,39 @@ class PromptRenderer:
             return self.config.verbalizers.get(example.label, example.label)
         return example.output
 
-    # ---- whole prompt -----------------------------------------------------------------
-    def render(self, example: Example) -> Rendered:
+    def messages(self, example: Example, *, with_answer: bool = False) -> list[dict[str, str]]:
+        """The conversation the chat formats render: the system prompt (when set), the user
+        turn (instruction, then the input on its own line) and, with_answer, the assistant's
+        answer (when the example has one). Runtimes' own templates are fed the same list."""
         instruction, input_text = self._instruction_and_input(example)
-        answer = self.answer(example)
-        if self.config.format == "alpaca":
-            return self._render_alpaca(instruction, input_text, answer)
-        template = {
-            "chat_template": self.tokens.chat_template,
-            "chatml": CHATML_TEMPLATE,
-            "llama3": LLAMA3_TEMPLATE,
-        }[self.config.format]
         user = f"{instruction}\n{input_text}" if input_text else instruction
         messages = []
         if self.config.system_prompt is not None:
             messages.append({"role": "system", "content": self.config.system_prompt})
         messages.append({"role": "user", "content": user})
+        answer = self.answer(example) if with_answer else None
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+        return messages
+
+    # ---- whole prompt -----------------------------------------------------------------
+    def render(self, example: Example) -> Rendered:
+        if self.config.format == "alpaca":
+            instruction, input_text = self._instruction_and_input(example)
+            return self._render_alpaca(instruction, input_text, self.answer(example))
+        template = {
+            "chat_template": self.tokens.chat_template,
+            "chatml": CHATML_TEMPLATE,
+            "llama3": LLAMA3_TEMPLATE,
+        }[self.config.format]
+        messages = self.messages(example)
+        answer = self.answer(example)
         specials = self.tokens.special_tokens()
         prompt = render_chat_template(template, messages, add_generation_prompt=True, special_tokens=specials)
         if answer is None:
             return Rendered(prompt=prompt, target="")
         full = render_chat_template(
-            template,
-            messages + [{"role": "assistant", "content": answer}],
-            add_generation_prompt=False,
-            special_tokens=specials,
+            template, self.messages(example, with_answer=True), add_generation_prompt=False, special_tokens=specials
         )
         if not full.startswith(prompt):
             raise TuneGGUFError(

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tunegguf.errors import TuneGGUFError
+from tunegguf.models.adapter import require_adapter_dir
 from tunegguf.scoring.logprobs import batches, encode_prompts, last_position_logprobs, left_pad
 
 
@@ -60,7 +61,7 @@ class HFBackend:
         except OSError as exc:
             raise describe_hub_error(resolved.name, exc) from None
         if adapter_dir is not None:
-            self.model = attach_adapter(self.model, Path(adapter_dir))
+            self.model = attach_adapter(self.model, adapter_dir)
         self.model.to(device).eval()
         self.name = name
         self.batch_size = batch_size
@@ -112,12 +113,11 @@ class HFBackend:
         gc.collect()
 
 
-def attach_adapter(model: Any, adapter_dir: Path, *, merge: bool = True,
+def attach_adapter(model: Any, adapter_dir: str | Path, *, merge: bool = True,
                     hint: str = "pass the base it was trained on with --hf") -> Any:
     """Base + LoRA adapter: merged (the same weights the GGUF export writes), or unmerged
     (PEFT applies the low-rank update on the fly) so the merge itself can be measured."""
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise TuneGGUFError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    adapter_dir = require_adapter_dir(adapter_dir)
     from peft import PeftModel
 
     try:
