@@ -12,8 +12,7 @@ from typing import Any
 
 from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.parity import verdict
-
-ERASED_VERDICT = "fine-tune largely erased"
+from tunegguf.export.weight_parity import stored_erased
 
 
 @dataclass
@@ -60,17 +59,6 @@ class Recommendation:
         return columns, rows
 
 
-def _erased(block: dict[str, Any] | None) -> bool | None:
-    if not block:
-        return None
-    if "erased" in block:
-        return bool(block["erased"])
-    text = str(block.get("verdict") or "")
-    if not text or text.startswith("not checked"):
-        return None
-    return text == ERASED_VERDICT
-
-
 def recommend(report: dict[str, Any], thresholds: EvaluateConfig | dict[str, Any] | None = None) -> Recommendation:
     """The smallest GGUF that holds parity (re-judged with `thresholds` when given) and
     does not erase the fine-tune; ties in size go to the lower mean KL."""
@@ -83,7 +71,7 @@ def recommend(report: dict[str, Any], thresholds: EvaluateConfig | dict[str, Any
         judged = verdict(block, thresholds) if thresholds is not None else report["verdicts"][name]
         stats = (block.get("modes") or {}).get(mode) or {}
         diff = stats.get("accuracy_difference") or {}
-        erased = _erased(weight.get(name))
+        erased = stored_erased(weight[name]) if weight.get(name) else None
         reasons = list(judged["reasons"])
         if erased:
             reasons.append("weight parity: the fine-tune is largely erased in this file")
