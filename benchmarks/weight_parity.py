@@ -83,7 +83,7 @@ def train_sst2_adapter(base_dir: Path, target: Path, steps: int, batch: int = 16
 
 def measure(gguf: Path, base_dir: Path, merged_dir: Path) -> dict:
     """The child: one weight parity, its wall time and peak RSS."""
-    from tunegguf.export.parity import weight_parity
+    from tunegguf.export.weight_parity import weight_parity
 
     start = time.perf_counter()
     parity = weight_parity(gguf, base_dir=base_dir, merged_dir=merged_dir)

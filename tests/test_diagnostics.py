@@ -15,7 +15,8 @@ from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate import EvaluateConfig, ModelSpec, evaluate_backends
 from tunegguf.evaluate.backends import ModelKind
 from tunegguf.evaluate.backends.fake import FakeBackend
-from tunegguf.evaluate.recommend import recommend
+from tunegguf.evaluate.recommend import Recommendation, recommend
+from tunegguf.evaluate.report.tables import ladder_table, recommendation_table
 from tunegguf.evaluate.stages import is_unquantized, stage_parents, step_name
 from tunegguf.export.go_template import GoTemplateError, ollama_data, render_go_template
 from tunegguf.export.modelfile import read_modelfile
@@ -221,8 +222,14 @@ def test_recommend_picks_the_smallest_file_that_holds(ladder_report):
     assert [r.quant for r in rec.rows] == ["Q4_0", "Q5_0", "Q8_0", "f16"]
     assert "Q4_0" in rec.reason
     assert ladder_report["recommendation"]["choice"] == "Q5_0"  # also stored in report.json
-    columns, rows = rec.table()
+    columns, rows = ladder_table(rec)
     assert rows[1][0] == "Q5_0" and rows[1][-1] == "**recommended**"
+
+
+def test_recommendation_round_trips_through_report_json(ladder_report):
+    rec = recommend(ladder_report)
+    assert Recommendation.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    assert recommendation_table(ladder_report) == ladder_table(rec)  # report.md renders what the CLI prints
 
 
 def test_recommend_never_picks_a_file_that_erases_the_fine_tune(ladder_report):

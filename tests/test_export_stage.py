@@ -15,7 +15,7 @@ from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.export import ExportConfig, run
 from tunegguf.export.manifest import checkpoint_sha256
-from tunegguf.export.parity import ERASED, KEPT
+from tunegguf.export.weight_parity import ERASED, KEPT
 from tunegguf.io import sha256_file
 
 LABELS = ["negative", "positive"]

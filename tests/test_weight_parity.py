@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from tunegguf.errors import TuneGGUFError
-from tunegguf.export.parity import ERASED, KEPT, NO_DELTA, NOT_CHECKED, llama_permute, weight_parity
+from tunegguf.export.weight_parity import (
+    ERASED, KEPT, NO_DELTA, NOT_CHECKED, LayerParity, TensorParity, WeightParity, llama_permute, stored_erased,
+    weight_parity,
+)
 
 HIDDEN, HEADS, KV_HEADS, VOCAB, FFN = 64, 4, 2, 32, 128
 HF_NAMES = {
@@ -234,3 +237,55 @@ def test_activation_weighting_judges_the_columns_that_matter(synthetic, dirs):
                                         imatrix=_importance(root / "second.gguf", 1e-3, 1.0))
     assert erased_half_matters.weighted["kept"] < 0.05 and erased_half_matters.verdict == ERASED
     json.dumps(erased_half_matters.to_dict(), allow_nan=False)
+
+
+# ---- serialisation ------------------------------------------------------------------------
+
+
+def test_the_erased_flag_follows_the_verdict(synthetic, dirs, monkeypatch):
+    root, base, merged = synthetic
+    q8 = weight_parity(_write_gguf(root / "q8-flag.gguf", merged, "Q8_0"), base_dir=dirs[0], merged_dir=dirs[1])
+    q4 = weight_parity(_write_gguf(root / "q4-flag.gguf", merged, "Q4_0"), base_dir=dirs[0], merged_dir=dirs[1])
+    same = weight_parity(_write_gguf(root / "base-flag.gguf", base, "Q8_0"), base_dir=dirs[0], merged_dir=dirs[0])
+    assert (q8.verdict, q8.erased) == (KEPT, False) and (q4.verdict, q4.erased) == (ERASED, True)
+    assert (same.verdict, same.erased) == (NO_DELTA, False)
+    import gguf.quants
+
+    monkeypatch.delitem(gguf.quants._type_traits, gguf.GGMLQuantizationType.Q8_0)
+    unreadable = weight_parity(root / "q8-flag.gguf", base_dir=dirs[0], merged_dir=dirs[1])
+    assert (unreadable.verdict, unreadable.erased) == (NOT_CHECKED, None)
+
+
+def test_to_dict_and_from_dict_round_trip(synthetic, dirs):
+    root, _, merged = synthetic
+    parity = weight_parity(_write_gguf(root / "q4-trip.gguf", merged, "Q4_0"), base_dir=dirs[0], merged_dir=dirs[1],
+                           imatrix=_importance(root / "trip.gguf", 1.0, 1.0))
+    assert parity.tensors and parity.layers and parity.weighted and parity.tensor_types
+    data = json.loads(json.dumps(parity.to_dict(), allow_nan=False))  # through the manifest's JSON
+    assert data["erased"] is True
+    assert WeightParity.from_dict(data) == parity
+    summary = WeightParity.from_dict(parity.to_dict(per_tensor=False))
+    assert summary.tensors == [] and summary.layers == parity.layers and summary.verdict == parity.verdict
+
+
+def test_an_infinite_snr_survives_the_round_trip():
+    # A quantized tensor equal to the merged one: no error, an infinite SNR, stored as "inf".
+    inf = float("inf")
+    shares = {"kept": 1.0, "rel_error": 0.0, "delta_snr": inf, "delta_norm": 0.5}
+    parity = WeightParity("m.gguf", "F32", **shares, verdict=KEPT, erased_threshold=0.5, erased=False,
+                          layers=[LayerParity(layer="0", **shares, kept_weighted=1.0)],
+                          tensors=[TensorParity(gguf_name="blk.0.ffn_up.weight", hf_name="up", type="F32", **shares)],
+                          weighted=dict(shares))
+    data = json.loads(json.dumps(parity.to_dict(), allow_nan=False))
+    assert data["delta_snr"] == data["layers"][0]["delta_snr"] == data["weighted"]["delta_snr"] == "inf"
+    assert WeightParity.from_dict(data) == parity
+
+
+def test_an_older_entry_without_the_flag_reads_it_from_the_verdict():
+    old = {"gguf_path": "m.gguf", "file_type": "Q4_1", "kept": 0.06, "rel_error": 0.007, "delta_snr": 0.8,
+           "delta_norm": 1.0, "verdict": ERASED, "erased_threshold": 0.5, "layers": []}
+    assert WeightParity.from_dict(old).erased is True
+    assert WeightParity.from_dict({**old, "verdict": KEPT}).erased is False
+    assert WeightParity.from_dict({**old, "verdict": NOT_CHECKED, "kept": None}).erased is None
+    assert stored_erased({"verdict": NO_DELTA}) is False and stored_erased({}) is None
+    assert stored_erased({"verdict": KEPT, "erased": True}) is True  # the stored flag wins

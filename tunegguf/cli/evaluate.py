@@ -30,11 +30,11 @@ def parse_gguf_options(values: tuple[str, ...]) -> dict[str, Path]:
 
 def echo_recommendation(report_json: Path) -> None:
     from tunegguf.evaluate.recommend import recommend
-    from tunegguf.evaluate.report.tables import imatrix_table
+    from tunegguf.evaluate.report.tables import imatrix_table, ladder_table
 
     report = json.loads(Path(report_json).read_text(encoding="utf-8"))
     rec = recommend(report)
-    echo_table(*rec.table())
+    echo_table(*ladder_table(rec))
     imatrix_columns, imatrix_rows = imatrix_table({**report, "recommendation": rec.to_dict()})
     if imatrix_rows:
         click.echo("\nimportance matrix (plain → imatrix):")

@@ -113,7 +113,7 @@ def verify_command(file, hf_dir, base, merged, prompt_text, max_tokens, erased_t
     result = verify_gguf(file, hf_dir=hf_dir, prompt_text=prompt_text, max_tokens=max_tokens)
     parity = None
     if base is not None and result.check("load").status == "pass":
-        from tunegguf.export.parity import weight_parity
+        from tunegguf.export.weight_parity import weight_parity
         from tunegguf.export.stage import local_checkpoint
 
         parity = weight_parity(file, base_dir=local_checkpoint(base), merged_dir=merged,

@@ -75,26 +75,21 @@ def gguf_dir_files(directory: Path) -> dict[str, Path]:
 def manifest_diagnostics(directory: Path) -> dict[str, Any]:
     """From an export directory's manifest.json: the Modelfile and the weight-parity summary of
     each GGUF (names as gguf_dir_files gives them), and the base/adapter the merge used."""
+    from tunegguf.export.manifest import Manifest
+
     manifest_path = directory / "manifest.json"
     out: dict[str, Any] = {"modelfiles": {}, "weight_parity": {}, "adapter_reference": None}
     if not manifest_path.is_file():
         return out
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TuneGGUFError(f"{manifest_path}: not valid JSON (line {exc.lineno}); fix or delete it") from None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    entries = files.values() if isinstance(files, dict) else (files if isinstance(files, list) else [])
-    for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            continue
-        name = entry.get("quant") or quant_name(Path(entry["path"]))
-        if isinstance(entry.get("modelfile"), str) and (directory / entry["modelfile"]).is_file():
-            out["modelfiles"][name] = directory / entry["modelfile"]
-        if isinstance(entry.get("weight_parity"), dict):
+    manifest = Manifest.read(manifest_path)
+    for entry in manifest.files.values():
+        name = entry.quant or quant_name(Path(entry.path))
+        if isinstance(entry.modelfile, str) and (directory / entry.modelfile).is_file():
+            out["modelfiles"][name] = directory / entry.modelfile
+        if isinstance(entry.weight_parity, dict):
             # The per-tensor rows stay in the manifest; the report needs the verdict and the layers.
-            out["weight_parity"][name] = {k: v for k, v in entry["weight_parity"].items() if k != "tensors"}
-    base = manifest.get("base_dir") or manifest.get("base_model")
-    if manifest.get("adapter_dir") and base:
-        out["adapter_reference"] = (base, Path(manifest["adapter_dir"]))
+            out["weight_parity"][name] = {k: v for k, v in entry.weight_parity.items() if k != "tensors"}
+    base = manifest.base_dir or manifest.base_model
+    if manifest.adapter_dir and base:
+        out["adapter_reference"] = (base, Path(manifest.adapter_dir))
     return out

