@@ -59,13 +59,13 @@ def test_loss_mask_covers_exactly_the_label_token_and_eos(tokenizer):
             assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
 
 
-def test_rows_longer_than_max_seq_length_are_dropped_and_counted(tokenizer, caplog):
+def test_rows_longer_than_max_seq_length_are_dropped_and_counted(tokenizer):
     renderer = PromptRenderer(PromptConfig(), TemplateTokens.from_hf_tokenizer(tokenizer), LABELS)
     long = Example(id="long", text="word " * 300, label="negative")
     short_len = len(build_rows(tokenizer, renderer, TRAIN[:1], 512).rows[0]["input_ids"])
     built = build_rows(tokenizer, renderer, [TRAIN[0], long], max_seq_length=short_len + 5)
     assert built.dropped_too_long == 1 and len(built.rows) == 1
-    assert "1 of 2 train rows are longer than model.max_seq_length" in caplog.text
+    assert "1 of 2 train rows are longer than model.max_seq_length" in built.notes[0]
     with pytest.raises(TuneGGUFError, match="every train row is longer"):
         build_rows(tokenizer, renderer, [long], max_seq_length=short_len + 5)
 
@@ -144,7 +144,7 @@ def test_four_bit_without_gpu_is_refused_by_run(tmp_path):
     assert not (tmp_path / "ft" / "adapter").exists()
 
 
-def test_out_of_memory_says_what_to_lower(tmp_path, monkeypatch, caplog):
+def test_out_of_memory_says_what_to_lower(tmp_path, monkeypatch):
     import torch
 
     import tunegguf.finetune.loading as loading
@@ -154,11 +154,12 @@ def test_out_of_memory_says_what_to_lower(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(loading, "load_for_training", out_of_memory)
     config = FinetuneConfig(batch_size=32, gradient_accumulation_steps=2, lora_r=64)
+    lines: list[str] = []
     with pytest.raises(TuneGGUFError) as caught:
         run(config, model=ModelConfig(name="tiny-llama3", max_seq_length=1024), prompt=PromptConfig(),
             train=TRAIN, validation=TRAIN, labels=LABELS, out_dir=tmp_path / "ft",
-            class_weights={"negative": 2.0, "positive": 0.5})
-    assert "class weights are not applied" in caplog.text
+            class_weights={"negative": 2.0, "positive": 0.5}, log=lines.append)
+    assert any(line.startswith("note: class weights are not applied") for line in lines)
     message = str(caught.value)
     assert "out of GPU memory while loading the model" in message
     for hint in ("finetune.batch_size (now 32)", "effective batch of 64", "model.max_seq_length (now 1024)",
@@ -303,7 +304,7 @@ def test_cli_prepares_data_and_passes_settings(tmp_path, monkeypatch):
     assert "best step 3: accuracy 0.900" in result.output
 
 
-def test_unsloth_failure_falls_back_to_peft_only_when_auto(monkeypatch, caplog):
+def test_unsloth_failure_falls_back_to_peft_only_when_auto(monkeypatch):
     import tunegguf.finetune.loading as loading
     from tunegguf.models import ResolvedModel
 
@@ -320,7 +321,7 @@ def test_unsloth_failure_falls_back_to_peft_only_when_auto(monkeypatch, caplog):
     loaded = loading.load_for_training(FinetuneConfig(engine="auto"), ModelConfig(), local, precision)
     assert loaded.engine == "peft" and loaded.model == "peft-model"
     assert "Unsloth cannot train 'my-foo' (NotImplementedError: Unsloth: FooForCausalLM" in loaded.notes[0]
-    assert "falling back to Transformers + PEFT" in caplog.text
+    assert "falling back to Transformers + PEFT" in loaded.notes[0]
     with pytest.raises(TuneGGUFError, match="Unsloth cannot train 'my-foo'.*set finetune.engine to auto or peft"):
         loading.load_for_training(FinetuneConfig(engine="unsloth"), ModelConfig(), local, precision)
 

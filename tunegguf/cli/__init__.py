@@ -88,6 +88,9 @@ def doctor(as_json: bool) -> None:
 
 
 def main() -> None:
+    from tunegguf.console import quiet_third_party
+
+    quiet_third_party()  # before any command imports torch, unsloth or datasets
     cli(prog_name="tunegguf")
 
 

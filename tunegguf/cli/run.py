@@ -28,7 +28,7 @@ def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | Non
     from tunegguf.pipeline.run import run_pipeline
 
     config = load_run_config(config_path, list(overrides), flags={"run_dir": ("--run-dir", run_dir)})
-    result = run_pipeline(config, from_stage=from_stage, until=until, log=lambda line: click.echo(line, err=True))
+    result = run_pipeline(config, from_stage=from_stage, until=until)
     click.echo("")
     if result.report_html is None:
         click.echo(f"stopped after {until}; run directory: {result.run_dir}")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tunegguf.console import quiet_third_party
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.evaluate.backends import Backend, BackendOptions, BackendSpec, ModelKind, open_backend
@@ -144,6 +145,7 @@ def run(
     servers: name -> URL of running OpenAI-compatible llama.cpp servers, scored like a GGUF
     (label log-probs from the server's top-k), so the report covers the server you deploy.
     """
+    quiet_third_party()
     labels = list(labels)
     examples = check_examples(examples, labels)[: config.limit]
     files = select_gguf_files(gguf_files, config.quants)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tunegguf.config.typed import to_dict
+from tunegguf.console import Log, quiet_third_party, say
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.export.config import ExportConfig
@@ -59,10 +59,6 @@ class ExportResult:
     manifest_path: Path
     lora_gguf: Path | None = None
     warnings: list[str] = field(default_factory=list)
-
-
-def _say(message: str) -> None:
-    print(f"tunegguf export: {message}", file=sys.stderr, flush=True)
 
 
 # ---- inputs ----------------------------------------------------------------------------
@@ -207,6 +203,7 @@ class _Context:
     entries: dict[Path, FileEntry | None] = field(default_factory=dict)
     imatrix: tuple[Path, str] | None = None
     """(file, sha256) once the importance matrix is known."""
+    log: Log = say
 
 
 def _importance_matrix(ctx: _Context) -> tuple[Path, str]:
@@ -234,10 +231,10 @@ def _importance_matrix(ctx: _Context) -> tuple[Path, str]:
     }
     stored = ctx.manifest.imatrix or ImatrixEntry()
     if all(getattr(stored, k) == v for k, v in key.items()) and path.is_file() and sha256_file(path) == stored.sha256:
-        _say("importance matrix is up to date")
+        ctx.log("importance matrix is up to date")
         ctx.imatrix = (path, stored.sha256)
         return ctx.imatrix
-    _say(f"collecting the importance matrix over {len(ctx.calibration)} training rows")
+    ctx.log(f"collecting the importance matrix over {len(ctx.calibration)} training rows")
     started = time.time()
     model, tokenizer = load_for_collection(ctx.merged_dir)
     matrix = collect_importance(model, tokenizer, ctx.calibration, gguf_path=ctx.unquantized,
@@ -250,7 +247,7 @@ def _importance_matrix(ctx: _Context) -> tuple[Path, str]:
         tokens=matrix.tokens, seconds=round(time.time() - started, 1),
     )
     ctx.manifest.save()
-    _say(f"importance matrix: {len(matrix.sums)} weights, {matrix.tokens:,} tokens, {time.time() - started:.0f} s")
+    ctx.log(f"importance matrix: {len(matrix.sums)} weights, {matrix.tokens:,} tokens, {time.time() - started:.0f} s")
     return ctx.imatrix
 
 
@@ -264,18 +261,18 @@ def _make_file(ctx: _Context, quant: str, path: Path) -> ExportedFile:
     entry = ctx.entries[path] = ctx.manifest.reusable(path, quant=quant, source_sha256=ctx.source_sha,
                                                       imatrix_sha256=imatrix_sha)
     if entry is not None:
-        _say(f"{path.name} is up to date (same source, same sha256)")
+        ctx.log(f"{path.name} is up to date (same source, same sha256)")
         return _reuse(entry, path)
     fixes: list[str] = []
     if path == ctx.unquantized:
-        _say(f"converting {ctx.merged_dir} to {path.name}")
+        ctx.log(f"converting {ctx.merged_dir} to {path.name}")
         convert_to_gguf(ctx.merged_dir, path, ctx.config.outtype)
         # Quantized files inherit the header, so BOS/EOS/EOT and the template are fixed once.
         fixes = fix_tokenizer_metadata(path, ctx.tokenizer)
         for fix in fixes:
-            _say(f"fixed GGUF metadata: {fix}")
+            ctx.log(f"fixed GGUF metadata: {fix}")
     else:
-        _say(f"quantizing to {plain_quant(quant)}" + (" with the importance matrix" if imatrix_path else ""))
+        ctx.log(f"quantizing to {plain_quant(quant)}" + (" with the importance matrix" if imatrix_path else ""))
         bits = {"f32": 32, "f16": 16, "bf16": 16}[ctx.config.outtype]
         quantize_gguf(ctx.unquantized, path, plain_quant(quant), src_bits=bits, threads=ctx.config.threads,
                       imatrix=imatrix_path)
@@ -295,7 +292,7 @@ def _weight_parity(ctx: _Context, item: ExportedFile) -> WeightParity:
             or parity.imatrix_sha256 != imatrix_sha):
         parity = weight_parity(item.path, base_dir=ctx.base_dir, merged_dir=ctx.merged_dir,
                                erased_threshold=ctx.config.erased_threshold, progress=True, imatrix=imatrix_path)
-    _say(f"weight parity of {item.path.name}: {parity.summary()}")
+    ctx.log(f"weight parity of {item.path.name}: {parity.summary()}")
     return parity
 
 
@@ -309,11 +306,14 @@ def run(
     labels: list[str] | None = None,
     sample: Example | None = None,
     calibration: list[Example] | None = None,
+    log: Log = say,
 ) -> ExportResult:
     """Export `base_model` (+ the LoRA in `adapter_dir`) to verified GGUF files under out_dir.
 
     `calibration`: training rows for the importance matrix of `config.imatrix_quants`.
+    `log` gets one line per step (merge, convert, each quant, verification).
     """
+    quiet_third_party()
     quants = plan_quants(config)  # an unknown quant name fails before any work or heavy import
     imatrix_quants = plan_imatrix_quants(config)
     if imatrix_quants and not config.imatrix_file and not calibration:
@@ -340,17 +340,17 @@ def run(
             f"the base {base_model} was dequantized from {source_quant}; the {source_quant} export snaps "
             "weights back onto the base's grid and is likely to erase the fine-tune (see its weight parity)"
         )
-        _say(f"warning: {warnings[-1]}")
+        log(f"warning: {warnings[-1]}")
 
     # Refuse a tokenizer llama.cpp would split differently, before anything is written.
     check_pre_tokenizer(tokenizer_source(base_dir, adapter_dir))
 
     if adapter_dir is not None:
-        _say(f"merging {adapter_dir} into {base_model} shard by shard")
+        log(f"merging {adapter_dir} into {base_model} shard by shard")
         merged = merge_adapter(base_dir, adapter_dir, out_dir / "merged")
         merged_dir = merged.merged_dir
         if merged.skipped:
-            _say("merged checkpoint is up to date")
+            log("merged checkpoint is up to date")
     else:
         merged_dir = base_dir  # nothing to merge: convert the base as it is
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
@@ -375,12 +375,13 @@ def run(
     targets += [(q + IMATRIX_SUFFIX, gguf_dir / f"model-{q}{IMATRIX_SUFFIX}.gguf") for q in imatrix_quants]
     texts = (calibration_texts(tokenizer, prompt, labels, calibration, config.imatrix_rows)
              if imatrix_quants and calibration and not config.imatrix_file else [])
-    context = _Context(config, manifest, merged_dir, base_dir, tokenizer, source_sha, versions, unquantized, texts)
+    context = _Context(config, manifest, merged_dir, base_dir, tokenizer, source_sha, versions, unquantized, texts,
+                       log=log)
     exported = [_make_file(context, quant, path) for quant, path in targets]
 
     to_verify = [f for f in exported if config.verify and f.verify is None]
     if to_verify:
-        _say(f"verifying {len(to_verify)} file(s) in a separate process")
+        log(f"verifying {len(to_verify)} file(s) in a separate process")
         results = verify_files([f.path for f in to_verify], hf_dir=merged_dir, prompt_text=prompt_text,
                                max_tokens=config.verify_max_tokens, threads=config.threads, tokenizer=tokenizer)
         for item, result in zip(to_verify, results):
@@ -389,7 +390,7 @@ def run(
     failed: list[ExportedFile] = []
     for item in exported:
         if item.verify is not None:
-            _say(f"{item.path.name}: {item.verify.summary()}")
+            log(f"{item.path.name}: {item.verify.summary()}")
         if config.weight_parity and adapter_dir is not None and item.path != unquantized:
             item.weight_parity = _weight_parity(context, item)
         ok = item.verify is None or item.verify.passed
@@ -407,7 +408,7 @@ def run(
         (files if ok else failed).append(item)
         manifest.record(item.path, _file_entry(item, source_sha, versions, merged_dir))
 
-    lora_path = _export_lora(config, adapter_dir, base_dir, gguf_dir, warnings)
+    lora_path = _export_lora(config, adapter_dir, base_dir, gguf_dir, warnings, log)
     manifest.lora_gguf = lora_path.name if lora_path else None
     manifest.warnings = warnings
     manifest.save()
@@ -415,7 +416,7 @@ def run(
 
 
 def _export_lora(config: ExportConfig, adapter_dir: Path | None, base_dir: Path, gguf_dir: Path,
-                 warnings: list[str]) -> Path | None:
+                 warnings: list[str], log: Log) -> Path | None:
     from importlib import metadata
 
     from tunegguf.export.convert import convert_lora_to_gguf, lora_converter_available
@@ -431,7 +432,7 @@ def _export_lora(config: ExportConfig, adapter_dir: Path | None, base_dir: Path,
             "adapter-lora.gguf was written (use convert_lora_to_gguf.py from a llama.cpp checkout, or the merged GGUFs)"
         )
     else:
-        _say("writing the adapter as a GGUF LoRA")
+        log("writing the adapter as a GGUF LoRA")
         return convert_lora_to_gguf(adapter_dir, base_dir, gguf_dir / "adapter-lora.gguf")
-    _say(f"warning: {warnings[-1]}")
+    log(f"warning: {warnings[-1]}")
     return None

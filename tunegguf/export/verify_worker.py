@@ -123,6 +123,9 @@ def load_llama(path: Path, *, n_threads: int, extra_bufts: bool = True, n_ctx: i
     import llama_cpp
     import llama_cpp.llama as llama_module
 
+    from tunegguf.console import quiet_llama_cpp
+
+    quiet_llama_cpp()
     original = llama_module.llama_cpp.llama_model_default_params
 
     def params() -> Any:

@@ -8,20 +8,20 @@ patches them on import; the PEFT engine never imports it.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunegguf.console import Log, captured_stdout, say
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.finetune.config import FinetuneConfig
 from tunegguf.models import ModelConfig, ResolvedModel
 from tunegguf.models.registry import describe_hub_error
 
-log = logging.getLogger(__name__)
-
 GRADIENT_CHECKPOINTING = {"unsloth": "unsloth", "true": True, "false": False}
+UNSLOTH_WARNING = re.compile(r"warn|error|fail", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ def import_unsloth_first(engine: str) -> None:
     if engine == "peft" or "unsloth" in sys.modules or importlib.util.find_spec("unsloth") is None:
         return
     try:
-        import unsloth  # noqa: F401
+        with captured_stdout():  # its banner; tunegguf says the engine and device in its own line
+            import unsloth  # noqa: F401
     except Exception:  # noqa: BLE001 - load_for_training imports it again and says why
         pass
 
@@ -83,12 +84,13 @@ def resolve_precision(model_cfg: ModelConfig) -> Precision:
 
 
 def load_for_training(
-    config: FinetuneConfig, model_cfg: ModelConfig, resolved: ResolvedModel, precision: Precision
+    config: FinetuneConfig, model_cfg: ModelConfig, resolved: ResolvedModel, precision: Precision,
+    log: Log = say,
 ) -> Loaded:
     """Load with the configured engine; `auto` falls back to PEFT when Unsloth cannot."""
     if config.engine in ("auto", "unsloth"):
         try:
-            return _load_unsloth(config, model_cfg, resolved, precision)
+            return _load_unsloth(config, model_cfg, resolved, precision, log)
         except TuneGGUFError:
             raise
         except Exception as exc:  # noqa: BLE001 - any Unsloth failure has the same remedy
@@ -99,7 +101,6 @@ def load_for_training(
                     f"Unsloth cannot train '{resolved.name}' ({reason}); set finetune.engine to auto or peft"
                 ) from exc
             note = f"Unsloth cannot train '{resolved.name}' ({reason}); falling back to Transformers + PEFT"
-            log.warning(note)
             loaded = _load_peft(config, model_cfg, resolved, precision)
             loaded.notes.append(note)
             return loaded
@@ -143,18 +144,22 @@ def _check_target_modules(model: Any, target_modules: list[str]) -> None:
             )
 
 
-def _load_unsloth(config: FinetuneConfig, model_cfg: ModelConfig, resolved: ResolvedModel, precision: Precision) -> Loaded:
-    import unsloth  # noqa: F401  - first: it patches transformers, trl and peft on import
-    from unsloth import FastLanguageModel
+def _load_unsloth(config: FinetuneConfig, model_cfg: ModelConfig, resolved: ResolvedModel, precision: Precision,
+                  log: Log = say) -> Loaded:
+    # Unsloth prints a banner on import and on load (GPU, versions, "no GPU found"); tunegguf
+    # says the engine, device and dtype in its own line, so only its warnings are passed on.
+    with captured_stdout(log, keep=UNSLOTH_WARNING):
+        import unsloth  # noqa: F401  - first: it patches transformers, trl and peft on import
+        from unsloth import FastLanguageModel
 
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=resolved.path,
+            max_seq_length=model_cfg.max_seq_length,
+            dtype=_torch_dtype(precision.dtype),
+            load_in_4bit=precision.load_in_4bit,
+            token=_token(),
+        )
     gc = GRADIENT_CHECKPOINTING[config.gradient_checkpointing]
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=resolved.path,
-        max_seq_length=model_cfg.max_seq_length,
-        dtype=_torch_dtype(precision.dtype),
-        load_in_4bit=precision.load_in_4bit,
-        token=_token(),
-    )
     _check_target_modules(model, config.target_modules)
     model = FastLanguageModel.get_peft_model(
         model,

@@ -7,15 +7,12 @@ tokenized with `add_special_tokens=False`, exactly as the inference backends do.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.prompts import PromptRenderer
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +25,8 @@ class TrainRows:
     """Longest kept row, in tokens."""
     tokens: int
     """Tokens over all kept rows (for the tokens/s figures)."""
+    notes: list[str] = field(default_factory=list)
+    """What the caller should tell the user (rows dropped as too long)."""
 
 
 def encode_many(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -64,13 +63,10 @@ def build_rows(
         rows.append({"input_ids": full, "completion_mask": [0] * len(prompt) + [1] * (len(full) - len(prompt))})
         longest = max(longest, len(full))
         tokens += len(full)
-    if dropped:
-        log.warning(
-            "%d of %d %s rows are longer than model.max_seq_length=%d tokens and were dropped",
-            dropped, len(examples), split, max_seq_length,
-        )
+    notes = [f"{dropped} of {len(examples)} {split} rows are longer than model.max_seq_length={max_seq_length} "
+             "tokens and were dropped"] if dropped else []
     if examples and not rows:
         raise TuneGGUFError(
             f"every {split} row is longer than model.max_seq_length={max_seq_length} tokens; raise it"
         )
-    return TrainRows(rows=rows, dropped_too_long=dropped, longest=longest, tokens=tokens)
+    return TrainRows(rows=rows, dropped_too_long=dropped, longest=longest, tokens=tokens, notes=notes)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from tunegguf.console import Log, say
 from tunegguf.data.example import Example
 from tunegguf.scoring.metrics import classification_metrics
 from tunegguf.finetune.rows import build_rows
@@ -72,6 +73,7 @@ def make_evaluator(
     max_seq_length: int,
     collapse_threshold: float,
     need_loss: bool,
+    log: Log = say,
 ) -> Evaluator:
     """Render the validation rows once; find the label token ids on the first prompt."""
     classify = [e for e in examples if e.is_classification and e.label is not None]
@@ -81,7 +83,12 @@ def make_evaluator(
         # Every prompt ends with the same template tail, so the ids found after one hold for all.
         encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         label_ids = label_token_ids(encode, prompts[0], renderer.words)
-    loss_rows = build_rows(tokenizer, renderer, examples, max_seq_length, "validation").rows if need_loss and examples else []
+    loss_rows = []
+    if need_loss and examples:
+        built = build_rows(tokenizer, renderer, examples, max_seq_length, "validation")
+        loss_rows = built.rows
+        for note in built.notes:
+            log(f"note: {note}")
     return Evaluator(
         tokenizer=tokenizer,
         labels=list(labels),

@@ -9,12 +9,12 @@ unless `overwrite`; an unfinished one continues from its last checkpoint with `r
 
 from __future__ import annotations
 
-import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from tunegguf.console import Log, quiet_third_party, say
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.finetune.callbacks import (
@@ -30,8 +30,6 @@ from tunegguf.finetune.rundir import ADAPTER_INFO, RunDir, fingerprint
 from tunegguf.io import append_jsonl, atomic_dir, read_json, require_free_disk, write_json
 from tunegguf.models import ModelConfig
 from tunegguf.prompts import PromptConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,14 +58,8 @@ class FinetuneResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _write(message: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(message)  # keeps a live progress bar intact
-
-
-def _note(notes: list[str], message: str) -> None:
-    log.warning(message)
+def _note(notes: list[str], message: str, log: Log) -> None:
+    log(f"note: {message}")
     notes.append(message)
 
 
@@ -106,12 +98,12 @@ def load_result(rd: RunDir) -> FinetuneResult:
     return FinetuneResult(**{k: v for k, v in saved.items() if k in FinetuneResult.__dataclass_fields__})
 
 
-def _restore(rd: RunDir, resume: bool, notes: list[str]) -> tuple[Path | None, LoopState]:
+def _restore(rd: RunDir, resume: bool, notes: list[str], log: Log) -> tuple[Path | None, LoopState]:
     """Checkpoint to resume from and the metric loop's state at that step."""
     checkpoint = rd.latest_checkpoint() if resume else None
     if checkpoint is None:
         if resume and rd.started():
-            _note(notes, f"{rd.root}: no whole checkpoint yet, starting from step 0")
+            _note(notes, f"{rd.root}: no whole checkpoint yet, starting from step 0", log)
         for path in (rd.metrics, rd.best, rd.checkpoints):
             if path.is_dir():
                 shutil.rmtree(path)
@@ -128,7 +120,7 @@ def _restore(rd: RunDir, resume: bool, notes: list[str]) -> tuple[Path | None, L
         shutil.rmtree(rd.best)  # saved after the checkpoint: not part of the state we resume
     dropped = rd.truncate_history(step)
     append_jsonl(rd.metrics, {"kind": "resume", "step": step, "dropped_rows": dropped, "checkpoint": checkpoint.name})
-    _write(f"resuming from {checkpoint.name} (best so far: step {state.best_step})")
+    log(f"resuming from {checkpoint.name} (best so far: step {state.best_step})")
     return checkpoint, state
 
 
@@ -145,8 +137,14 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     class_weights: dict[str, float] | None = None,
+    log: Log = say,
 ) -> FinetuneResult:
-    """Fine-tune a LoRA adapter; return where the best one is and how it scored."""
+    """Fine-tune a LoRA adapter; return where the best one is and how it scored.
+
+    `log` gets one line per event (loading, the zero-shot baseline, each evaluation, notes);
+    the training steps show as a progress bar.
+    """
+    quiet_third_party()
     rd = RunDir(Path(out_dir))
     labels = list(labels)
     notes: list[str] = []
@@ -159,18 +157,18 @@ def run(
                             validation=validation, data_fingerprint=data_fingerprint)
     skipped = _prepare_dir(rd, fp, resume=resume, overwrite=overwrite)
     if skipped is not None:
-        _write(f"fine-tune already finished in {rd.root} with these settings and data; reusing {rd.adapter}")
+        log(f"fine-tune already finished in {rd.root} with these settings and data; reusing {rd.adapter}")
         return skipped
 
     metric_for_best = config.metric_for_best
     if metric_for_best != "loss" and not (classify and labels):
-        _note(notes, f"finetune.metric_for_best {metric_for_best} needs labelled rows; using the validation loss")
+        _note(notes, f"finetune.metric_for_best {metric_for_best} needs labelled rows; using the validation loss", log)
         metric_for_best = "loss"
     if class_weights:
         _note(notes, "class weights are not applied by the fine-tune (TRL's SFT loss has no per-row weight); "
-                     "use data.balance undersample or oversample to even out the classes")
+                     "use data.balance undersample or oversample to even out the classes", log)
     if not validation:
-        _note(notes, "no validation rows: nothing is scored in the loop and the last step's adapter is kept")
+        _note(notes, "no validation rows: nothing is scored in the loop and the last step's adapter is kept", log)
 
     from tunegguf.finetune.loading import (
         describe_oom, import_unsloth_first, library_versions, load_for_training, resolve_precision,
@@ -187,14 +185,15 @@ def run(
     import torch
 
     try:
-        loaded = load_for_training(config, model, resolved, precision)
+        loaded = load_for_training(config, model, resolved, precision, log)
     except torch.OutOfMemoryError:
         raise describe_oom(config, model, "loading the model") from None
-    notes += loaded.notes
+    for note in loaded.notes:
+        _note(notes, note, log)
     trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
     # Adapter + two optimizer moments per checkpoint, plus best/, snapshots and the final copy.
     require_free_disk(rd.root, trainable * 4 * (4 * config.keep_checkpoints + 3), "fine-tune checkpoints")
-    _write(f"fine-tuning {resolved.name} with {loaded.engine} on {precision.device} ({precision.dtype}"
+    log(f"fine-tuning {resolved.name} with {loaded.engine} on {precision.device} ({precision.dtype}"
            f"{', 4-bit' if precision.load_in_4bit else ''}): {trainable:,} trainable LoRA weights")
 
     from tunegguf.finetune.rows import build_rows
@@ -204,18 +203,18 @@ def run(
     tokenizer = loaded.tokenizer
     renderer = PromptRenderer(prompt, TemplateTokens.from_hf_tokenizer(tokenizer), labels)
     rows = build_rows(tokenizer, renderer, train, model.max_seq_length)
-    if rows.dropped_too_long:
-        notes.append(f"dropped {rows.dropped_too_long} training rows longer than {model.max_seq_length} tokens")
+    for note in rows.notes:
+        _note(notes, note, log)
     scored = list(validation[: config.eval_limit] if config.eval_limit else validation)
     evaluator = None
     if scored:
         evaluator = make_evaluator(
             tokenizer, renderer, scored, labels if classify else [], batch_size=config.eval_batch_size,
             max_seq_length=model.max_seq_length, collapse_threshold=config.collapse_threshold,
-            need_loss=metric_for_best == "loss",
+            need_loss=metric_for_best == "loss", log=log,
         )
 
-    checkpoint, state = _restore(rd, resume, notes)
+    checkpoint, state = _restore(rd, resume, notes, log)
     if config.baseline and evaluator is not None and state.baseline is None:
         # The LoRA B matrices start at zero, so the wrapped model is still the base model.
         result = evaluator.evaluate(loaded.model)
@@ -223,12 +222,12 @@ def run(
                **{k: v for k, v in result.items() if k != "per_class"}, "elapsed": 0.0}
         append_jsonl(rd.metrics, row)
         state.baseline = row
-        _write(describe_eval("zero-shot baseline", row, metric_for_best))
+        log(describe_eval("zero-shot baseline", row, metric_for_best))
         from tunegguf.scoring.metrics import collapse_warning
 
         warning = collapse_warning(result, "baseline") if "per_class" in result else None
         if warning:
-            _write(warning)
+            log(warning)
 
     from datasets import Dataset
     from transformers import ProgressCallback
@@ -240,7 +239,7 @@ def run(
     for callback in make_callbacks(
         evaluator=evaluator, metrics_path=rd.metrics, best_dir=rd.best, state=state,
         metric_for_best=metric_for_best, eval_every=config.eval_every, patience=config.early_stopping_patience,
-        session_start_seconds=state.train_seconds, write=_write,
+        session_start_seconds=state.train_seconds, write=log,
     ):
         trainer.add_callback(callback)
     try:
@@ -288,5 +287,5 @@ def run(
         write_json(tmp / ADAPTER_INFO, info)
     # Finished: the checkpoints only served --resume, and each holds optimizer state.
     shutil.rmtree(rd.checkpoints, ignore_errors=True)
-    _write(f"adapter (best step {result.best_step}) -> {rd.adapter}")
+    log(f"adapter (best step {result.best_step}) -> {rd.adapter}")
     return result

@@ -14,10 +14,11 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunegguf.config.run import RunConfig
 from tunegguf.config.typed import to_dict, write_yaml
+from tunegguf.console import Log, quiet_third_party, say
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.io import read_json, write_json
 
@@ -95,12 +96,18 @@ class _StageBook:
 
 
 def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str | None = None,
-                 log: Callable[[str], None] = print) -> PipelineResult:
+                 log: Log = say) -> PipelineResult:
     """Run every stage that is not already done for this config; return where things are.
 
-    `until` stops after that stage (a notebook runs the chain one cell per stage).
+    `until` stops after that stage (a notebook runs the chain one cell per stage). Every
+    stage reports through `log`, its lines tagged with the stage's name.
     """
     from tunegguf import data as data_stage
+
+    quiet_third_party()
+
+    def stage_log(stage: str) -> Log:
+        return lambda line: log(f"[{stage}] {line}")
 
     for flag, value in (("--from", from_stage), ("--until", until)):
         if value is not None and value not in STAGES:
@@ -153,7 +160,7 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
             train=prepared.load("train"), validation=prepared.load("validation"), labels=prepared.labels,
             out_dir=run_dir / "finetune", data_fingerprint=_data_fingerprint(prepared),
             resume=True, overwrite=from_stage is not None and STAGES.index(from_stage) <= 1,
-            class_weights=prepared.class_weights,
+            class_weights=prepared.class_weights, log=stage_log("finetune"),
         )
         finetuned = {
             "adapter_dir": str(tuned.adapter_dir), "best_step": tuned.best_step, "best_metric": tuned.best_metric,
@@ -178,6 +185,7 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
             sample=test_rows[0] if test_rows else None,
             # Only the training split feeds the importance matrix: nothing scored later leaks in.
             calibration=prepared.load("train") if config.export.imatrix_quants else None,
+            log=stage_log("export"),
         )
         exported = {
             "merged_dir": str(done.merged_dir), "manifest": str(done.manifest_path),

@@ -57,6 +57,9 @@ class LlamaWorker:
     def __init__(self, path: str, n_ctx: int, n_threads: int, extra_buffers: bool = False) -> None:
         import llama_cpp
 
+        from tunegguf.console import quiet_llama_cpp
+
+        quiet_llama_cpp()
         self._lib = llama_cpp
         if not os.path.isfile(path):
             raise ValueError(f"GGUF file not found: {path}")
