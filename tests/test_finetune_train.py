@@ -347,3 +347,16 @@ def test_qlora_on_cuda_uses_4bit_bf16_and_8bit_adam(smollm2_dir, tmp_path):
     assert info["precision"] == {"device": "cuda", "dtype": expected_dtype, "load_in_4bit": True}
     assert result.engine == "unsloth"
     check_finished_run(result, tmp_path / "ft", smollm2_dir, config)
+
+
+def test_a_user_error_after_loading_is_the_last_line_printed(tmp_path):
+    """No third-party line follows, or hides among, the error a user must read: the model
+    is loaded (Unsloth's banner, torch's import warnings) before this mistake is found."""
+    command = [str(Path(sys.executable).parent / "tunegguf"), "finetune", "--config", str(REPO / "configs" / "demo.yaml"),
+               "--run-dir", str(tmp_path / "run"), "--set", "finetune.target_modules=[q_prj]"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: finetune.target_modules: the model has no module named 'q_prj'"), proc.stderr[-2000:]
+    assert NOISE.findall(proc.stdout + proc.stderr) == [], proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -73,6 +73,9 @@ def _gguf_vocab(gguf_path: Path) -> dict[str, Any]:
     """Tokenizer facts of a GGUF as llama.cpp sees them (vocab-only load: no weights, no compute)."""
     import llama_cpp
 
+    from tunegguf.console import quiet_llama_cpp
+
+    quiet_llama_cpp()  # a vocab-only load still logs "n_ctx_seq > n_ctx_train (0)" as an error
     llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     try:
         vocab = llm._model.vocab

@@ -174,10 +174,10 @@ def run(
         describe_oom, import_unsloth_first, library_versions, load_for_training, resolve_precision,
     )
 
+    precision = resolve_precision(model)  # refuses 4-bit without CUDA before any loading
     import_unsloth_first(config.engine)  # before resolving the model, which may import transformers
     from tunegguf.models import resolve_model
 
-    precision = resolve_precision(model)  # refuses 4-bit without CUDA before any loading
     resolved = resolve_model(model.name)
     rd.root.mkdir(parents=True, exist_ok=True)
     write_json(rd.run_info, {"fingerprint": fp, "settings": parts})
