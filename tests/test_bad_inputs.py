@@ -214,3 +214,114 @@ def test_load_rows_reads_texts_and_checks_the_column(tmp_path):
     path.write_text("id,review\n1,good\n2,\n")
     _one_line_error(lambda: load_rows(path, "review"), "in.csv, row 2 (line 3): no text in column 'review'")
     _one_line_error(lambda: load_rows(tmp_path / "nope.csv"), "file not found", "did you mean 'in.csv'")
+
+
+# ---- #1 a GGUF llama.cpp cannot load: a reported failure, and every report is written --------
+
+
+def _unloadable_ggufs(tmp_path, whole=None):
+    """Truncated (a copy of `whole`, or a small GGUF written here), empty and random files."""
+    import random
+
+    if whole is None:
+        import gguf
+        import numpy as np
+
+        whole = tmp_path / "whole.gguf"
+        writer = gguf.GGUFWriter(str(whole), "llama")
+        writer.add_tensor("t", np.zeros((64, 64), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    truncated, empty, noise = tmp_path / "model-f16.gguf", tmp_path / "empty.gguf", tmp_path / "random.gguf"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    empty.write_bytes(b"")
+    noise.write_bytes(random.Random(0).randbytes(4096))
+    return {"f16": truncated, "empty": empty, "random": noise}
+
+
+def test_template_checks_on_unloadable_files_are_failed_checks_with_every_key(tmp_path):
+    from tunegguf.data.example import Example
+    from tunegguf.evaluate.template_checks import template_checks_for_run
+    from tunegguf.prompts import PromptConfig
+
+    files = _unloadable_ggufs(tmp_path)
+    checks = template_checks_for_run(tmp_path / "no-hf-needed", files, {}, PromptConfig(), ["neg", "pos"],
+                                     Example(id="a", text="good", label="pos"))
+    assert checks["passed"] is False and checks["name"] == "f16"
+    assert checks["diffs"] == {} and checks["renderings"] == {} and checks["token_ids"] == {}
+    details = {c["detail"].split(":")[0]: c for c in checks["checks"]}
+    assert set(details) == {"f16", "empty", "random"}
+    assert all(c["name"] == "gguf_loads" and c["passed"] is False for c in details.values())
+    assert "truncated: the tensors need" in details["f16"]["detail"]
+    assert "it is empty" in details["empty"]["detail"]
+    assert "no GGUF magic" in details["random"]["detail"]
+
+
+def test_reports_are_complete_when_models_and_checks_could_not_run(tmp_path):
+    import numpy as np
+
+    from tunegguf.evaluate import EvaluateConfig, ModelSpec, evaluate_backends
+    from tunegguf.evaluate.backends import ModelKind
+    from tunegguf.evaluate.backends.fake import FakeBackend
+    from tunegguf.data.example import Example
+    from tunegguf.io import read_json
+
+    labels = ["negative", "positive"]
+    examples = [Example(id=f"r{i}", text=f"t{i}", label=labels[i % 2]) for i in range(8)]
+    prompts = [f"Text: t{i}\nAnswer: " for i in range(8)]
+
+    def logits(prompt):
+        x = np.zeros(200)
+        x[ord("p") if int(prompt.split()[1][1:]) % 2 else ord("n")] = 4.0
+        return x
+
+    def fake(name, **kw):
+        return lambda: FakeBackend(name, logits_for=logits, answer_for=lambda p: ("positive", True), **kw)
+
+    def unloadable():
+        raise TuneGGUFError("llama.cpp cannot load T.gguf: truncated: the tensors need 9 bytes, the file has 3")
+
+    specs = [ModelSpec("hf+adapter", ModelKind.HF_ADAPTER, unloadable), ModelSpec("hf", ModelKind.HF, fake("hf")),
+             ModelSpec("T", ModelKind.GGUF, unloadable), ModelSpec("half", ModelKind.GGUF, fake("half", fail_on="generate")),
+             ModelSpec("Q8_0", ModelKind.GGUF, fake("Q8_0"))]
+    unchecked = {"gguf": "T.gguf", "modelfile": None, "renderings": {}, "diffs": {}, "token_ids": {}, "name": "T",
+                 "checks": [{"name": "gguf_loads", "passed": False, "detail": "T: truncated"}], "passed": False}
+    for templates in (unchecked, {"gguf": "T.gguf", "error": "ValueError: bad", "passed": None, "checks": []}):
+        out = tmp_path / f"eval-{templates['passed']}"
+        result = evaluate_backends(EvaluateConfig(bootstrap=20, plots=True), examples=examples, prompts=prompts,
+                                   labels=labels, words=labels, models=specs, out_dir=out,
+                                   diagnostics={"templates": templates, "weight_parity": {"T": None}})
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+            "predictions.jsonl", "report.html", "report.json", "report.md"]
+        assert result.verdicts["T"]["reasons"][0].startswith("could not run: llama.cpp cannot load T.gguf")
+        assert result.verdicts["half"]["reasons"][0] == "could not run: fake backend half failed in generate"
+        assert read_json(result.report_json)["models"]["Q8_0"]["status"] == "ok"
+        for text in (result.report_md.read_text(), result.report_html.read_text()):
+            assert "could not run: llama.cpp cannot load T.gguf" in text
+            assert ("T: truncated" if templates["passed"] is False else "ValueError: bad") in text
+
+
+@pytest.mark.slow
+def test_evaluate_with_an_unloadable_gguf_listed_first_writes_every_report(tmp_path, tiny_llama3_dir,
+                                                                            tiny_llama3_f16_gguf):
+    from tunegguf.cli.evaluate import evaluate_command
+
+    files = _unloadable_ggufs(tmp_path, whole=tiny_llama3_f16_gguf)
+    data = _jsonl(tmp_path / "test.jsonl", [{"id": f"r{i}", "text": f"review {i}", "label": ["neg", "pos"][i % 2]}
+                                            for i in range(4)])
+    args = ["--hf", str(tiny_llama3_dir), "--data", data, "--labels", "neg,pos", "--out", str(tmp_path / "out"),
+            "--set", "evaluate.modes=[labels]", "--set", "evaluate.bootstrap=0", "--set", "evaluate.plots=false"]
+    args += [f"--gguf={name}={path}" for name, path in files.items()] + [f"--gguf=good={tiny_llama3_f16_gguf}"]
+    result = CliRunner().invoke(evaluate_command, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "report.md").is_file()
+    assert "f16: parity fails: could not run: llama.cpp cannot load" in result.output
+    assert "truncated: the tensors need" in report["verdicts"]["f16"]["summary"]
+    assert report["models"]["good"]["status"] == "ok"
+    # The truncated f16 is a failed check; the checks fell back to the other unquantized file.
+    checks = report["template_checks"]
+    assert checks["name"] == "good" and checks["renderings"]
+    assert [c["detail"].split(":")[0] for c in checks["checks"] if c["name"] == "gguf_loads"] == ["f16"]
