@@ -325,3 +325,134 @@ def test_evaluate_with_an_unloadable_gguf_listed_first_writes_every_report(tmp_p
     checks = report["template_checks"]
     assert checks["name"] == "good" and checks["renderings"]
     assert [c["detail"].split(":")[0] for c in checks["checks"] if c["name"] == "gguf_loads"] == ["f16"]
+
+
+# ---- #5 a server that answers something unexpected -------------------------------------------
+
+HTML_500 = b"""<!DOCTYPE html>
+<html>
+<head><title>500 Internal Server Error</title>
+<style>body { font-family: sans-serif; }
+h1 { color: red; }</style></head>
+<body>
+<h1>Internal Server Error</h1>
+<p>The server encountered an internal error
+and was unable to complete your request.</p>
+</body>
+</html>
+"""
+MODELS = json.dumps({"data": [{"id": "m", "meta": {"n_vocab": 300}}]}).encode()
+
+
+def TOKENS(request: bytes) -> tuple[int, bytes]:  # noqa: N802 (a route, like the constants beside it)
+    return 200, json.dumps({"tokens": [ord(ch) % 300 for ch in json.loads(request)["content"]]}).encode()
+
+
+@pytest.fixture
+def bad_server():
+    """A tiny HTTP server on 127.0.0.1 answering each path from `routes` (path -> (status, body),
+    or a function of the request body giving them); it stops with the test, and a request it
+    was not told about gets a 404."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    routes: dict[str, tuple[int, bytes]] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5
+
+        def _answer(self):
+            request = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            answer = routes.get(self.path, (404, b'{"detail": "Not Found"}'))
+            status, body = answer(request) if callable(answer) else answer
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html" if body.lstrip().startswith(b"<") else "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("models, fragments", [
+    ((200, b"<html><body>Welcome to nginx!</body></html>"), ["/v1/models: HTTP 200, but the body is not JSON",
+                                                          "Welcome to nginx!"]),
+    ((200, b"[1, 2, 3]"), ["/v1/models: HTTP 200, but the reply is not in the expected shape: [1, 2, 3]"]),
+    ((200, b'{"data": "none"}'), ["/v1/models: HTTP 200, but the reply is not in the expected shape"]),
+    ((500, HTML_500), ["/v1/models: HTTP 500", "500 Internal Server Error Internal Server Error The server"]),
+    ((200, b""), ["HTTP 200, but the body is not JSON: (empty body)"]),
+], ids=["html-200", "list", "data-not-a-list", "html-500", "empty"])
+def test_server_with_an_unexpected_answer_at_start_is_one_line(bad_server, models, fragments):
+    from tunegguf.evaluate.backends.server import ServerBackend
+
+    url, routes = bad_server
+    routes["/v1/models"] = models
+    message = _one_line_error(lambda: ServerBackend(url, timeout=5), url, *fragments)
+    assert "font-family" not in message and len(message) < 300, message
+
+
+@pytest.mark.parametrize("route, answer, verb, fragment", [
+    ("/v1/completions", (200, b"not json at all"), "next_token_logprobs", "/v1/completions: HTTP 200, but the body is not JSON"),
+    ("/v1/completions", (200, b'{"choices": {"text": "x"}}'), "generate", "/v1/completions: HTTP 200, but the reply is not"),
+    ("/v1/completions", (200, b'{"choices": [{"text": 3}]}'), "generate", "the choice's text is not a string"),
+    ("/v1/completions", (200, b'{"choices": [{"logprobs": {"top_logprobs": [["a"]]}}]}'), "next_token_logprobs",
+     "/v1/completions: the log-probs, but the reply is not in the expected shape"),
+    ("/v1/completions", (200, b'{"choices": [{"logprobs": {"content": [{"top_logprobs": [{"id": "x", "logprob": 0}]}]}}]}'),
+     "next_token_logprobs", "the log-probs, but the reply is not in the expected shape"),
+    ("/v1/completions", (502, HTML_500), "generate", "/v1/completions: HTTP 502"),
+    ("/tokenize", (200, b'{"tokens": "1 2 3"}'), "tokenize", "/tokenize: HTTP 200, but the reply is not in the expected shape"),
+    ("/tokenize", (200, b"<html>"), "tokenize", "/tokenize: HTTP 200, but the body is not JSON"),
+], ids=["not-json", "choices-not-a-list", "text-not-a-string", "top-logprobs-not-a-dict", "id-not-a-number",
+        "html-502", "tokens-not-a-list", "tokenize-not-json"])
+def test_server_with_an_unexpected_reply_is_one_line(bad_server, route, answer, verb, fragment):
+    from tunegguf.evaluate.backends.server import ServerBackend
+
+    url, routes = bad_server
+    routes.update({"/v1/models": (200, MODELS), "/tokenize": TOKENS, route: answer})
+    backend = ServerBackend(url, timeout=5)
+    call = {"tokenize": lambda: backend.tokenize(["hello"]),
+            "next_token_logprobs": lambda: backend.next_token_logprobs(["hello"]),
+            "generate": lambda: backend.generate(["hello"], 4)}[verb]
+    message = _one_line_error(call, url, fragment)
+    assert "font-family" not in message and len(message) < 300, message
+
+
+def test_a_server_that_cannot_run_leaves_the_other_reports_complete(bad_server, tmp_path):
+    import numpy as np
+
+    from tunegguf.data.example import Example
+    from tunegguf.evaluate import EvaluateConfig, ModelSpec, evaluate_backends
+    from tunegguf.evaluate.backends import BackendSpec, ModelKind
+    from tunegguf.evaluate.backends.fake import FakeBackend
+
+    url, routes = bad_server
+    routes.update({"/v1/models": (200, MODELS), "/tokenize": TOKENS, "/v1/completions": (500, HTML_500)})
+    labels = ["negative", "positive"]
+    examples = [Example(id=f"r{i}", text=f"t{i}", label=labels[i % 2]) for i in range(6)]
+    prompts = [f"Text: t{i}\nAnswer: " for i in range(6)]
+
+    def fake(name):
+        return lambda: FakeBackend(name, logits_for=lambda p: np.arange(300.0) % 7, answer_for=lambda p: ("negative", True))
+
+    server = ModelSpec.of(BackendSpec(ModelKind.GGUF, "deployed", url=url, vocab_size=300), options=None)
+    specs = [ModelSpec("hf", ModelKind.HF, fake("hf")), server, ModelSpec("Q8_0", ModelKind.GGUF, fake("Q8_0"))]
+    result = evaluate_backends(EvaluateConfig(bootstrap=0, plots=False), examples=examples, prompts=prompts,
+                               labels=labels, words=labels, models=specs, out_dir=tmp_path / "eval")
+    reason = result.verdicts["deployed"]["reasons"][0]
+    assert reason.startswith(f"could not run: {url}/v1/completions: HTTP 500") and "\n" not in reason, reason
+    assert "Q8_0" in result.metrics and result.metrics["Q8_0"]["labels"]["n"] == 6
+    assert "could not run" in result.report_md.read_text() and "could not run" in result.report_html.read_text()
