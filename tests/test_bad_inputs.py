@@ -456,3 +456,41 @@ def test_a_server_that_cannot_run_leaves_the_other_reports_complete(bad_server, 
     assert reason.startswith(f"could not run: {url}/v1/completions: HTTP 500") and "\n" not in reason, reason
     assert "Q8_0" in result.metrics and result.metrics["Q8_0"]["labels"]["n"] == 6
     assert "could not run" in result.report_md.read_text() and "could not run" in result.report_html.read_text()
+
+
+# ---- #16 a directory where a file is wanted, or the reverse (evaluate) ----------------------
+
+
+@pytest.mark.parametrize("flag, make, fragments", [
+    ("--gguf", "dir", ["GGUF file for 'T' is a directory, not a file:", "--gguf-dir"]),
+    ("--gguf", "missing", ["GGUF file for 'T' not found:", "(did you mean 'model.gguf'?)"]),
+    ("--gguf-dir", "file", ["--gguf-dir is a file, not a directory:", "give --gguf NAME="]),
+    ("--adapter", "file", ["--adapter is a file, not a directory:", "adapter_config.json"]),
+    ("--adapter", "missing", ["--adapter not found:"]),
+    ("--data", "dir", ["--data is a directory, not a file:", "give the split to score"]),
+    ("--config", "dir", ["config file is a directory, not a file:"]),
+])
+def test_evaluate_says_a_path_is_the_wrong_kind_in_one_line(tmp_path, flag, make, fragments):
+    from tunegguf.cli.evaluate import evaluate_command
+
+    data = _jsonl(tmp_path / "test.jsonl", [{"id": "a", "text": "good", "label": "pos"}])
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    target = {"dir": tmp_path / "exported", "file": tmp_path / "model.gguf", "missing": tmp_path / "modle.gguf"}[make]
+    value = f"T={target}/" if flag == "--gguf" and make == "dir" else (f"T={target}" if flag == "--gguf" else str(target))
+    args = ["--labels", "neg,pos", "--out", str(tmp_path / "out"), flag, value]
+    result = CliRunner().invoke(evaluate_command, (["--data", data] if flag != "--data" else []) + args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if not line.startswith("note:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_adapter_dir_that_is_a_file(tmp_path):
+    from tunegguf.models.adapter import require_adapter_dir
+
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    _one_line_error(lambda: require_adapter_dir(tmp_path / "adapter.safetensors"),
+                    "LoRA adapter directory is a file, not a directory", "adapter_config.json")
+    _one_line_error(lambda: require_adapter_dir(tmp_path / "nope"), "LoRA adapter directory not found")

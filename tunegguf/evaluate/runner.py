@@ -23,7 +23,7 @@ from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
 from tunegguf.scoring.metrics import collapse_warning
 from tunegguf.evaluate.parity import flipped_examples, prediction_parity, probability_parity, verdict
 from tunegguf.evaluate.scoring import ModelScores, ReferenceLogprobs, score_model
-from tunegguf.io import require_free_disk
+from tunegguf.io import require_free_disk, require_path
 from tunegguf.models.adapter import require_adapter_dir
 from tunegguf.prompts.config import PromptConfig
 from tunegguf.prompts.verbalizer import UNPARSED
@@ -110,8 +110,8 @@ def select_gguf_files(gguf_files: dict[str, Path] | None, quants: Sequence[str])
             )
         files = {q: files[q] for q in quants}
     for name, path in files.items():
-        if not path.is_file():
-            raise TuneGGUFError(f"GGUF file for {name!r} not found: {path}")
+        require_path(path, f"GGUF file for {name!r}", kind="file",
+                     fix=f"give a .gguf file, or compare every GGUF in that directory with --gguf-dir {path}")
     return files
 
 
