@@ -494,3 +494,125 @@ def test_adapter_dir_that_is_a_file(tmp_path):
     _one_line_error(lambda: require_adapter_dir(tmp_path / "adapter.safetensors"),
                     "LoRA adapter directory is a file, not a directory", "adapter_config.json")
     _one_line_error(lambda: require_adapter_dir(tmp_path / "nope"), "LoRA adapter directory not found")
+
+
+# ---- #7 over-long rows in evaluate and predict: one limit, counted before any model runs -----
+
+LONG_TEXT = " ".join(f"word{i}" for i in range(3000))  # about 8,000 Llama 3 tokens
+MIDDLE_TEXT = " ".join(f"word{i}" for i in range(1000))  # about 2,700: over 2048, inside 4096
+
+
+def _recording_backends(monkeypatch, hf_dir):
+    """evaluate.run's backends replaced by fakes (the HF tokenizer's ids) that record every prompt they are fed."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from tunegguf.evaluate import runner
+    from tunegguf.evaluate.backends.fake import FakeBackend
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    fed: dict[str, list[str]] = {}
+
+    def open_backend(spec, options):
+        def logits(prompt):
+            fed.setdefault(spec.name, []).append(prompt)
+            return np.arange(len(tokenizer), dtype=float) % 11
+        return FakeBackend(spec.name, logits_for=logits, answer_for=lambda p: ("neg", True),
+                           tokenize_for=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    monkeypatch.setattr(runner, "open_backend", open_backend)
+    return fed
+
+
+def _long_row_examples():
+    from tunegguf.data.example import Example
+
+    examples = [Example(id=f"r{i}", text=f"review {i} was fine", label=["neg", "pos"][i % 2]) for i in range(6)]
+    examples[2] = Example(id="r2", text=LONG_TEXT, label="neg")
+    return examples
+
+
+def _run_with_long_row(tmp_path, tiny_llama3_dir, **config):
+    from tunegguf.evaluate import EvaluateConfig, run
+    from tunegguf.prompts import PromptConfig
+
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    cfg = EvaluateConfig(bootstrap=0, plots=False, template_checks=False, **config)
+    return run(cfg, prompt=PromptConfig(), examples=_long_row_examples(), labels=["neg", "pos"],
+               hf_model=tiny_llama3_dir, gguf_files={"Q8_0": tmp_path / "model.gguf"}, out_dir=tmp_path / "eval")
+
+
+def test_overlong_row_is_dropped_for_every_model_before_any_runs(tmp_path, monkeypatch, tiny_llama3_dir):
+    fed = _recording_backends(monkeypatch, tiny_llama3_dir)
+    result = _run_with_long_row(tmp_path, tiny_llama3_dir)
+    assert set(fed) == {"hf", "Q8_0"}
+    assert all(LONG_TEXT not in prompt for prompts in fed.values() for prompt in prompts)
+    report = json.loads(result.report_json.read_text())
+    assert report["n_examples"] == 5 and report["models"]["Q8_0"]["status"] == "ok"
+    dropped = report["too_long"]["dropped"]
+    assert [(d["id"], d["row"]) for d in dropped] == [("r2", 3)] and dropped[0]["tokens"] > 2040
+    warning = "1 of 6 rows are over 2,040 tokens as prompted (evaluate.n_ctx=2048 less evaluate.max_new_tokens=8)"
+    assert any(w.startswith(warning) and "ids 'r2'" in w for w in report["warnings"]), report["warnings"]
+    assert warning in result.report_md.read_text() and warning in result.report_html.read_text()
+
+
+def test_overlong_row_error_and_truncate_in_evaluate(tmp_path, monkeypatch, tiny_llama3_dir):
+    fed = _recording_backends(monkeypatch, tiny_llama3_dir)
+    _one_line_error(lambda: _run_with_long_row(tmp_path, tiny_llama3_dir, too_long="error", modes=["labels"]),
+                    "row 3 (id 'r2'):", "tokens as prompted, over the limit of 2,048 (evaluate.n_ctx=2048)",
+                    "raise evaluate.n_ctx", "evaluate.too_long: drop or truncate")
+    assert fed == {}  # refused before any model ran
+    result = _run_with_long_row(tmp_path, tiny_llama3_dir, too_long="truncate", n_ctx=512)
+    report = json.loads(result.report_json.read_text())
+    assert report["n_examples"] == 6 and [t["id"] for t in report["too_long"]["truncated"]] == ["r2"]
+    cut = [p for p in fed["hf"] if "word0 word1" in p]
+    assert len(cut) == 1 and "word2999" not in cut[0]
+    assert cut == [p for p in fed["Q8_0"] if "word0 word1" in p]  # the same cut row for every model
+
+
+def test_every_backend_holds_its_own_token_ids_to_the_limit(tmp_path):
+    """A GGUF whose tokenizer counts more tokens than HF's: that model could not run, naming the row."""
+    import numpy as np
+
+    from tunegguf.data.example import Example
+    from tunegguf.evaluate import EvaluateConfig, ModelSpec, evaluate_backends
+    from tunegguf.evaluate.backends import ModelKind
+    from tunegguf.evaluate.backends.fake import FakeBackend
+
+    examples = [Example(id=f"r{i}", text="x" * (10 if i != 1 else 40), label=["neg", "pos"][i % 2]) for i in range(4)]
+    prompts = [f"T: {e.text}\nA: " for e in examples]
+
+    def fake(name, per_char):
+        return lambda: FakeBackend(name, logits_for=lambda p: np.arange(300.0) % 5,
+                                   tokenize_for=lambda text: [t for c in text for t in [ord(c) % 300] * per_char])
+
+    specs = [ModelSpec("hf", ModelKind.HF, fake("hf", 1)), ModelSpec("wide", ModelKind.GGUF, fake("wide", 2))]
+    result = evaluate_backends(EvaluateConfig(bootstrap=0, plots=False, modes=["labels"], n_ctx=64), examples=examples,
+                               prompts=prompts, labels=["neg", "pos"], words=["neg", "pos"], models=specs,
+                               out_dir=tmp_path / "eval")
+    assert result.verdicts["wide"]["reasons"][0] == (
+        "could not run: row 2 (id 'r1'): 94 tokens as prompted, over the limit of 64 (evaluate.n_ctx=64); "
+        "raise evaluate.n_ctx or shorten the text")
+    assert result.metrics["hf"]["labels"]["n"] == 4
+
+
+@pytest.mark.slow
+def test_predict_honours_the_runs_n_ctx_and_names_the_text(tmp_path, tiny_llama3_f16_gguf, tiny_llama3_dir):
+    from tunegguf.pipeline.predict import Predictor, predict, predictor_from_run
+    from tunegguf.prompts import PromptConfig
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("evaluate:\n  n_ctx: 4096\n")
+    (run_dir / "stages.json").write_text(json.dumps({
+        "data": {"result": {"labels": ["neg", "pos"]}},
+        "export": {"result": {"files": {"f16": str(tiny_llama3_f16_gguf)}}}}))
+    predictor = predictor_from_run(run_dir)
+    assert predictor.n_ctx == 4096
+    # Over the 2048 predict used to run with, inside the run's 4096.
+    assert [p.label in ("neg", "pos") for p in predict(predictor, ["short one", MIDDLE_TEXT])] == [True, True]
+    for model in (tiny_llama3_f16_gguf, tiny_llama3_dir):
+        small = Predictor(model=model, prompt=PromptConfig(), labels=["neg", "pos"], n_ctx=512,
+                          config_path=run_dir / "config.yaml")
+        _one_line_error(lambda: predict(small, ["short one", MIDDLE_TEXT]), "text 2:",
+                        "over the limit of 512 (evaluate.n_ctx=512)", f"raise evaluate.n_ctx in {run_dir / 'config.yaml'}")
