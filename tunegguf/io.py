@@ -9,9 +9,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
-from tunegguf.errors import TuneGGUFError
+from tunegguf.errors import TuneGGUFError, closest
 
 
 def cache_dir() -> Path:
@@ -21,6 +21,26 @@ def cache_dir() -> Path:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "tunegguf"
+
+
+def require_path(path: str | Path, what: str, *, kind: Literal["file", "directory"], fix: str = "") -> Path:
+    """`path` as a Path when it is an existing `kind`; otherwise a one-line error: `what` not
+    found (with the closest name beside it), or a directory where a file is wanted (or the
+    reverse), followed by `fix`, what to give instead."""
+    path = Path(path)
+    if path.is_dir() if kind == "directory" else path.is_file():
+        return path
+    if path.exists():
+        other = "directory" if path.is_dir() else ("file" if path.is_file() else "special file")
+        raise TuneGGUFError(f"{what} is a {other}, not a {kind}: {path}" + (f"; {fix}" if fix else ""))
+    hint = ""
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.is_dir():
+        try:
+            hint = closest(path.name, [entry.name for _, entry in zip(range(10_000), parent.iterdir())])
+        except OSError:
+            pass
+    raise TuneGGUFError(f"{what} not found: {path}{hint}")
 
 
 @contextlib.contextmanager

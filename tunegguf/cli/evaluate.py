@@ -14,6 +14,7 @@ import click
 from tunegguf.cli.common import Command, comma_list, echo_table
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate.manifest import gguf_dir_files, manifest_diagnostics
+from tunegguf.io import require_path
 
 
 def parse_gguf_options(values: tuple[str, ...]) -> dict[str, Path]:
@@ -61,15 +62,15 @@ def echo_result(result: Any) -> None:
 @click.option("--hf", "hf_model", default=None,
               help="HF checkpoint directory (merged, or the base of --adapter), alias or hub name "
                    "[default: model.name of the config].")
-@click.option("--adapter", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@click.option("--adapter", type=click.Path(path_type=Path), default=None,
               help="LoRA adapter directory to apply to --hf.")
 @click.option("--gguf", "ggufs", multiple=True, metavar="NAME=FILE", help="A GGUF to compare (repeatable).")
-@click.option("--gguf-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@click.option("--gguf-dir", type=click.Path(path_type=Path), default=None,
               help="Export directory: files from manifest.json when present, else every *.gguf.")
-@click.option("--data", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True,
+@click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Frozen split (.jsonl of examples), or a data file prepared with --config's data settings.")
 @click.option("--labels", default=None, help="Class names in order, comma-separated, e.g. negative,positive.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="run.yaml (model, prompt, evaluate settings).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set evaluate.bootstrap=200 (repeatable).")
@@ -103,6 +104,12 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
     from tunegguf.evaluate.inputs import load_examples
     from tunegguf.evaluate.runner import run
 
+    # Paths are checked here, not by click: one `error:` line that says what is wrong and what to give.
+    require_path(data, "--data", kind="file", fix="give the split to score, e.g. runs/demo/data/test.jsonl")
+    if gguf_dir:
+        require_path(gguf_dir, "--gguf-dir", kind="directory", fix=f"to compare one file, give --gguf NAME={gguf_dir}")
+    if adapter:
+        require_path(adapter, "--adapter", kind="directory", fix="give the LoRA adapter directory (with adapter_config.json)")
     config = load_run_config(config_path, list(overrides), flags={"evaluate.limit": ("--limit", limit)})
     out_dir = Path(out_dir) if out_dir else Path(config.run_dir) / "evaluate"
     gguf_files = gguf_dir_files(gguf_dir) if gguf_dir else {}

@@ -81,7 +81,8 @@ def predict_command(texts, run_dir, model, config_path, labels, input_path, outp
             raise TuneGGUFError("give --run RUN_DIR, or --model with --labels (and --config for the prompt settings)")
         config = load_run_config(config_path)
         predictor = Predictor(model=Path(model), prompt=config.prompt, labels=comma_list(labels),
-                              n_threads=config.evaluate.n_threads)
+                              n_threads=config.evaluate.n_threads, n_ctx=config.evaluate.n_ctx,
+                              config_path=Path(config_path) if config_path else None)
 
     frame = None
     if input_path:

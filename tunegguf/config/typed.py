@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tunegguf.errors import TuneGGUFError, closest
+from tunegguf.io import require_path
 
 T = TypeVar("T")
 
@@ -165,9 +166,7 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with one-line errors for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise TuneGGUFError(f"config file not found: {path}")
+    path = require_path(path, "config file", kind="file")
     text = path.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)

@@ -1,6 +1,6 @@
 """Datasets: load, clean, balance, split and freeze the rows every stage reads."""
 
-from tunegguf.data.clean import LengthLimit
+from tunegguf.data.clean import LengthLimit, cut_to_tokens
 from tunegguf.data.config import DataConfig
 from tunegguf.data.example import Example
 from tunegguf.data.inputs import load_rows
@@ -17,5 +17,6 @@ __all__ = [
     "load_split",
     "prepare",
     "render_inspection",
+    "cut_to_tokens",
     "run",
 ]

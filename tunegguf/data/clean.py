@@ -253,7 +253,7 @@ def _fit(example: Example, table: Table, config: DataConfig, limit: LengthLimit 
     if config.too_long != "truncate":
         return _too_long(example, table, config, cleaned, "too_long_tokens", over, "raise model.max_seq_length")
     cleaned.truncated["too_long_tokens"] += 1
-    return _cut_to_tokens(example, limit)
+    return cut_to_tokens(example, limit)
 
 
 def _too_long(example: Example, table: Table, config: DataConfig, cleaned: Cleaned, reason: str,
@@ -268,7 +268,7 @@ def _too_long(example: Example, table: Table, config: DataConfig, cleaned: Clean
     return None
 
 
-def _cut_to_tokens(example: Example, limit: LengthLimit) -> Example:
+def cut_to_tokens(example: Example, limit: LengthLimit) -> Example:
     """The longest prefix of the text whose prompt fits (binary search: log2(chars) measures)."""
     def fits(chars: int) -> bool:
         return limit.measure(replace(example, text=example.text[:chars])) <= limit.max_seq_length

@@ -32,7 +32,15 @@ class EvaluateConfig:
     seed: int = 0
 
     n_ctx: int = 2048
-    """llama.cpp context in tokens; the longest prompt plus max_new_tokens must fit."""
+    """Context in tokens. Every prompt must fit, plus max_new_tokens in generate mode: rows
+    over it are handled by `too_long` for every model (HF included), and `tunegguf predict`
+    refuses a text over it, naming the text."""
+    too_long: Literal["drop", "truncate", "error"] = "drop"
+    """Rows whose prompt is over n_ctx tokens (less max_new_tokens in generate mode), counted
+    with the HF tokenizer before any model runs, as data.too_long handles the data stage's
+    limits. drop: no model scores them, so all are compared on the same rows (report.json
+    "too_long" lists them, with a warning); truncate: cut the text to fit, for every model;
+    error: stop before any model runs, naming the first such row."""
     llama_extra_buffers: bool = False
     """Let llama.cpp repack weights for its CPU "extra buffer" (AMX / AVX-512) kernels.
     Off by default: with llama-cpp-python 0.3.36 on an AMX CPU that path segfaults on
@@ -71,3 +79,6 @@ class EvaluateConfig:
             raise ValueError("evaluate.min_agreement must be between 0 and 1")
         if self.n_ctx < 32:
             raise ValueError("evaluate.n_ctx must be at least 32")
+        if "generate" in self.modes and self.max_new_tokens >= self.n_ctx:
+            raise ValueError(f"evaluate.max_new_tokens ({self.max_new_tokens}) leaves no room for the prompt in "
+                             f"evaluate.n_ctx ({self.n_ctx}); raise n_ctx or lower max_new_tokens")

@@ -20,11 +20,12 @@ from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.evaluate.backends import Backend, BackendOptions, BackendSpec, ModelKind, open_backend
 from tunegguf.evaluate.config import EvaluateConfig
+from tunegguf.evaluate.lengths import PromptLimit, fit_to_limit, row_name
 from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
 from tunegguf.scoring.metrics import collapse_warning
 from tunegguf.evaluate.parity import flipped_examples, prediction_parity, probability_parity, verdict
 from tunegguf.evaluate.scoring import ModelScores, ReferenceLogprobs, score_model
-from tunegguf.io import require_free_disk
+from tunegguf.io import require_free_disk, require_path
 from tunegguf.models.adapter import require_adapter_dir
 from tunegguf.prompts.config import PromptConfig
 from tunegguf.prompts.verbalizer import UNPARSED
@@ -81,8 +82,8 @@ def check_examples(examples: Sequence[Example], labels: Sequence[str]) -> list[E
     if not examples:
         raise TuneGGUFError("the split to evaluate has no rows")
     seen: set[str] = set()
-    for row, example in enumerate(examples, start=1):
-        where = f"row {row} (id {example.id!r})"
+    for index, example in enumerate(examples):
+        where = row_name(index, example)
         if not example.is_classification:
             raise TuneGGUFError(f"{where}: has no text; evaluate scores classification rows only")
         if example.label is None:
@@ -111,8 +112,8 @@ def select_gguf_files(gguf_files: dict[str, Path] | None, quants: Sequence[str])
             )
         files = {q: files[q] for q in quants}
     for name, path in files.items():
-        if not path.is_file():
-            raise TuneGGUFError(f"GGUF file for {name!r} not found: {path}")
+        require_path(path, f"GGUF file for {name!r}", kind="file",
+                     fix=f"give a .gguf file, or compare every GGUF in that directory with --gguf-dir {path}")
     return files
 
 
@@ -158,6 +159,7 @@ def run(
 
     from tunegguf.models.registry import describe_hub_error, resolve_model
     from tunegguf.prompts.renderer import PromptRenderer, TemplateTokens
+    from tunegguf.scoring.logprobs import encode_prompts
 
     resolved = resolve_model(str(hf_model))
     try:
@@ -166,6 +168,11 @@ def run(
         raise describe_hub_error(resolved.name, exc) from None
     renderer = PromptRenderer(prompt, TemplateTokens.from_hf_tokenizer(tokenizer), labels)
     prompts = [renderer.render(example).prompt for example in examples]
+    # Counted once, here: no model (the HF pass included) ever sees a row over the context.
+    fitted = fit_to_limit(examples, prompts, count=lambda texts: [len(ids) for ids in encode_prompts(tokenizer, texts)],
+                          render=lambda example: renderer.render(example).prompt, limit=PromptLimit.of(config),
+                          policy=config.too_long)
+    examples, prompts = fitted.examples, fitted.prompts
 
     specs: list[BackendSpec] = []
     if adapter_reference is not None:
@@ -199,7 +206,8 @@ def run(
         out_dir=Path(out_dir),
         extra_sections=extra_sections,
         context=context,
-        diagnostics={"templates": checks, "weight_parity": weight_parity},
+        diagnostics={"templates": checks, "weight_parity": weight_parity, "too_long": fitted.report},
+        warnings=fitted.warnings,
     )
 
 
@@ -215,12 +223,16 @@ def evaluate_backends(
     extra_sections: dict | None = None,
     context: dict[str, Any] | None = None,
     diagnostics: dict[str, Any] | None = None,
+    warnings: Sequence[str] = (),
 ) -> EvaluateResult:
     """Score `models` in order (the first is the HF reference, optionally preceded by the
     unmerged HF_ADAPTER), compare, write the reports.
 
-    diagnostics: optional {"templates": template_checks dict, "weight_parity": {name: block}}
-    copied into report.json.
+    diagnostics: optional {"templates": template_checks dict, "weight_parity": {name: block},
+    "too_long": the rows `fit_to_limit` dropped or cut} copied into report.json.
+    warnings: about the input (rows left out), listed first among the report's warnings.
+    Every backend's token ids are held to the context limit (PromptLimit.of(config)): a
+    prompt over it makes that model "could not run", naming the row.
     """
     from tunegguf.evaluate.stages import StageDivergence, stage_parents
     from tunegguf.evaluate.report import write_reports
@@ -245,6 +257,7 @@ def evaluate_backends(
     common = dict(
         prompts=list(prompts), labels=labels, words=words, modes=list(config.modes),
         batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+        prompt_limit=PromptLimit.of(config), row_names=[row_name(i, e) for i, e in enumerate(examples)],
     )
     parents = stage_parents([(spec.name, spec.kind, spec.file) for spec in models])
     stages = StageDivergence(scratch, n, parents,
@@ -280,7 +293,7 @@ def evaluate_backends(
         shutil.rmtree(scratch, ignore_errors=True)
 
     report, predictions = build_report(config, examples, labels, words, scored, context or {}, extra_sections,
-                                       stage_kl=stage_kl, diagnostics=diagnostics)
+                                       stage_kl=stage_kl, diagnostics=diagnostics, warnings=warnings)
     paths = write_reports(out_dir, report, predictions)
     return EvaluateResult(
         out_dir=out_dir,
@@ -383,6 +396,7 @@ def build_report(
     extra_sections: dict | None,
     stage_kl: dict[str, Any] | None = None,
     diagnostics: dict[str, Any] | None = None,
+    warnings: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """report.json's content and predictions.jsonl's rows, from the scored models."""
     from datetime import datetime, timezone
@@ -394,7 +408,7 @@ def build_report(
     weights = bootstrap_weights(len(examples), config.bootstrap, config.seed)
     ref = next(s for s in scored if s.kind == ModelKind.HF)
     models: dict[str, Any] = {}
-    warnings: list[str] = []
+    warnings = list(warnings)
     for scores in scored:
         block: dict[str, Any] = {
             "kind": scores.kind, "file": scores.file, "size_bytes": scores.size_bytes,
@@ -433,6 +447,7 @@ def build_report(
         "stages": stages,
         "template_checks": (diagnostics or {}).get("templates"),
         "weight_parity": (diagnostics or {}).get("weight_parity"),
+        "too_long": (diagnostics or {}).get("too_long"),
     }
     from tunegguf.evaluate.recommend import recommend
 

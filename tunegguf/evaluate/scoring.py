@@ -16,6 +16,7 @@ import numpy as np
 
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate.backends import Backend, ModelKind
+from tunegguf.evaluate.lengths import PromptLimit, check_prompt_tokens
 from tunegguf.evaluate.parity import NextTokenDivergence
 from tunegguf.prompts.verbalizer import UNPARSED, label_token_ids, parse_answer
 
@@ -102,8 +103,13 @@ def score_model(
     write_reference: Callable[[int, np.ndarray], None] | None = None,
     read_reference: Callable[[int, int], np.ndarray] | None = None,
     reference_vocab: int | None = None,
+    prompt_limit: PromptLimit | None = None,
+    row_names: Sequence[str] | None = None,
 ) -> ModelScores:
-    """Open the backend, score every mode, close it. Errors become `scores.error`."""
+    """Open the backend, score every mode, close it. Errors become `scores.error`.
+
+    prompt_limit: the most tokens a prompt may have as this backend tokenizes it; checked
+    before anything is scored, naming the row (row_names, one per prompt; else "prompt N")."""
     started = time.perf_counter()
     try:
         backend = open_backend()
@@ -113,6 +119,10 @@ def score_model(
     scores.info = dict(backend.info)
     scores.info.setdefault("load_seconds", round(time.perf_counter() - started, 3))
     try:
+        scores.token_ids = backend.tokenize(prompts)
+        if prompt_limit is not None:
+            names = row_names or [f"prompt {i + 1}" for i in range(len(prompts))]
+            check_prompt_tokens(scores.token_ids, names, prompt_limit)
         _score(backend, scores, prompts, labels, words, modes, batch_size, max_new_tokens,
                write_reference, read_reference, reference_vocab)
     except TuneGGUFError as exc:
@@ -124,7 +134,6 @@ def score_model(
 
 def _score(backend, scores, prompts, labels, words, modes, batch_size, max_new_tokens,
            write_reference, read_reference, reference_vocab) -> None:
-    scores.token_ids = backend.tokenize(prompts)
     if "labels" in modes:
         encode = lambda text: backend.tokenize([text])[0]  # noqa: E731
         # Every prompt ends with the same generation prompt, so the first one decides.

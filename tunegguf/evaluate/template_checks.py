@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from tunegguf.evaluate.backends.llamacpp import gguf_problem
 from tunegguf.evaluate.stages import is_unquantized
 from tunegguf.export.go_template import GoTemplateError, ollama_data, render_go_template
 from tunegguf.export.modelfile import read_modelfile
@@ -213,15 +214,39 @@ def _slug(text: str) -> str:
 def template_checks_for_run(hf_dir: str | Path, files: dict[str, Path], modelfiles: dict[str, Path],
                             prompt_config: Any, labels: Sequence[str], sample_example: Any) -> dict[str, Any] | None:
     """Template checks on one GGUF of the run (the unquantized one when there is one: every
-    quant shares its tokenizer and template); a failure to check is reported, not raised."""
+    quant shares its tokenizer and template). A file llama.cpp cannot load is a failed
+    check and the next file is tried; any other failure to check is reported, not raised.
+    The result always has the keys of `TemplateChecks.to_dict()`, plus "name" (and "error"
+    when the checks could not run)."""
     if not files:
         return None
-    name = next((n for n, p in files.items() if is_unquantized(n, p)), next(iter(files)))
-    modelfile = modelfiles.get(name) or next(iter(modelfiles.values()), None)
-    try:
-        result = template_checks(hf_dir, files[name], modelfile, prompt_config, labels, sample_example)
-    except Exception as exc:  # a diagnostic must never sink the evaluation it annotates
-        return {"gguf": str(files[name]), "error": f"{type(exc).__name__}: {exc}", "passed": None, "checks": []}
+    # Unquantized first (sorted is stable: otherwise in the order given).
+    order = sorted(files, key=lambda n: not is_unquantized(n, files[n]))
+    unloadable: list[Check] = []
+    for name in order:
+        modelfile = modelfiles.get(name) or next(iter(modelfiles.values()), None)
+        problem = gguf_problem(files[name])
+        if problem is not None:
+            unloadable.append(Check("gguf_loads", False, f"{name}: {problem}"))
+            continue
+        try:
+            result = template_checks(hf_dir, files[name], modelfile, prompt_config, labels, sample_example)
+        except Exception as exc:  # a diagnostic must never sink the evaluation it annotates
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            return _unchecked(name, files[name], modelfile, unloadable, error)
+        result.checks[:0] = unloadable
+        data = result.to_dict()
+        data["name"] = name
+        return data
+    return _unchecked(order[0], files[order[0]], modelfiles.get(order[0]), unloadable, None)
+
+
+def _unchecked(name: str, gguf: Path, modelfile: Path | None, checks: list[Check], error: str | None) -> dict[str, Any]:
+    """The checks' full shape when no file could be checked (the report lists "error" as a row)."""
+    result = TemplateChecks(gguf=str(gguf), modelfile=str(modelfile) if modelfile else None, renderings={},
+                            diffs={}, token_ids={}, checks=list(checks))
     data = result.to_dict()
-    data["name"] = name
+    # No file loaded: a failure. Only an unexpected error leaves the checks undecided.
+    data["passed"] = None if error is not None and not checks else False
+    data.update(name=name, error=error)
     return data

@@ -33,6 +33,11 @@ class Predictor:
     prompt: PromptConfig
     labels: list[str]
     n_threads: int | None = None
+    n_ctx: int = 2048
+    """evaluate.n_ctx of the run: the context llama.cpp gets, and the most tokens a text's
+    prompt may have (a longer one is refused, naming the text)."""
+    config_path: Path | None = None
+    """Where n_ctx came from, named in the message about a text over it."""
 
     @property
     def is_gguf(self) -> bool:
@@ -70,12 +75,17 @@ def predictor_from_run(run_dir: Path, model: str | None = None) -> Predictor:
             f"--model {model!r} is neither a file nor an exported quant{closest(model, files)}; "
             f"exported: {', '.join(files) or 'none'}"
         )
-    return Predictor(model=chosen, prompt=config.prompt, labels=list(labels), n_threads=config.evaluate.n_threads)
+    return Predictor(model=chosen, prompt=config.prompt, labels=list(labels), n_threads=config.evaluate.n_threads,
+                     n_ctx=config.evaluate.n_ctx, config_path=run_dir / "config.yaml")
 
 
 def predict(predictor: Predictor, texts: Sequence[str], *, batch_size: int = 16) -> list[Prediction]:
-    """Label-probability predictions for `texts` (one forward pass each, batched)."""
+    """Label-probability predictions for `texts` (one forward pass each, batched).
+
+    Every text's prompt must fit predictor.n_ctx tokens; the first that does not is a
+    one-line error naming it ("text 3": the third text given, or the third row of a file)."""
     from tunegguf.evaluate.backends import BackendOptions, BackendSpec, ModelKind, open_backend
+    from tunegguf.evaluate.lengths import PromptLimit
     from tunegguf.evaluate.scoring import ModelScores, score_model
 
     texts = list(texts)
@@ -91,14 +101,16 @@ def predict(predictor: Predictor, texts: Sequence[str], *, batch_size: int = 16)
             raise TuneGGUFError(f"{predictor.model} is neither a .gguf file nor an HF checkpoint directory")
         tokens = TemplateTokens.from_hf_tokenizer(AutoTokenizer.from_pretrained(predictor.model))
         spec = BackendSpec(ModelKind.HF, "hf", str(predictor.model))
-    options = BackendOptions(batch_size=batch_size, n_threads=predictor.n_threads)
+    options = BackendOptions(batch_size=batch_size, n_threads=predictor.n_threads, n_ctx=predictor.n_ctx)
+    where = f" in {predictor.config_path}" if predictor.config_path else " in a --config file"
+    limit = PromptLimit(predictor.n_ctx, f"evaluate.n_ctx={predictor.n_ctx}", fix=f"raise evaluate.n_ctx{where}")
 
     renderer = PromptRenderer(predictor.prompt, tokens, predictor.labels)
     prompts = [renderer.render(Example(id=str(i), text=t)).prompt for i, t in enumerate(texts)]
     scores = score_model(
         lambda: open_backend(spec, options), ModelScores(name="predict", kind=spec.kind),
         prompts=prompts, labels=predictor.labels, words=renderer.words, modes=["labels"],
-        batch_size=batch_size, max_new_tokens=1,
+        batch_size=batch_size, max_new_tokens=1, prompt_limit=limit, row_names=[f"text {i + 1}" for i in range(len(texts))],
     )
     if scores.error:
         raise TuneGGUFError(scores.error)

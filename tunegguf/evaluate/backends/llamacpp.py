@@ -45,7 +45,17 @@ class LlamaCppBackend:
             "path": str(self.path), "n_ctx": n_ctx, "n_threads": n_threads or default_threads(),
             "extra_buffers": extra_buffers,
         }
-        self.info: dict[str, Any] = self._request(settings)
+        try:
+            self.info: dict[str, Any] = self._request(settings)
+        except TuneGGUFError as exc:
+            self.close()
+            # llama.cpp says only "Failed to load model"; the header says what is wrong with the file.
+            problem = gguf_problem(self.path)
+            if problem is None:
+                raise
+            if isinstance(exc, _WorkerDied):
+                raise TuneGGUFError(f"{exc}; the file: {problem}") from None
+            raise TuneGGUFError(f"llama.cpp cannot load {self.path}: {problem}") from None
 
     # ---- protocol verbs ---------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -128,7 +138,7 @@ class LlamaCppBackend:
             raise TuneGGUFError(payload)
         return payload
 
-    def _died(self) -> TuneGGUFError:
+    def _died(self) -> "_WorkerDied":
         proc, self._proc = self._proc, None
         try:
             code = proc.wait(timeout=10)
@@ -141,8 +151,8 @@ class LlamaCppBackend:
         self._log.close()
         detail = f": {last}" if last else ""
         if code < 0:
-            return TuneGGUFError(f"llama.cpp crashed on {self.path} (signal {-code}) [{signal_name(-code)}]{detail}")
-        return TuneGGUFError(f"the llama.cpp worker for {self.path} exited with status {code}{detail}")
+            return _WorkerDied(f"llama.cpp crashed on {self.path} (signal {-code}) [{signal_name(-code)}]{detail}")
+        return _WorkerDied(f"the llama.cpp worker for {self.path} exited with status {code}{detail}")
 
     def _last_log_line(self) -> str:
         try:
@@ -151,6 +161,24 @@ class LlamaCppBackend:
         except (OSError, ValueError):
             return ""
         return lines[-1][:300] if lines else ""
+
+
+class _WorkerDied(TuneGGUFError):
+    """The worker process crashed or exited (as opposed to answering with an error)."""
+
+
+def gguf_problem(path: str | Path) -> str | None:
+    """Why `path` is no whole GGUF file (empty, not a GGUF, truncated), from its header alone
+    (pure Python, no llama.cpp: safe in the caller's process); None when it looks whole."""
+    from tunegguf.export.gguf_file import check_complete, read_header
+
+    try:
+        check_complete(read_header(Path(path)))
+    except TuneGGUFError as exc:
+        text = str(exc)
+        prefix = f"{path}: "
+        return text[len(prefix):] if text.startswith(prefix) else text
+    return None
 
 
 def default_threads() -> int:

@@ -14,11 +14,13 @@ whenever the label tokens are among the top k (raise `top_k` for a weak model).
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
+import re
 import urllib.error
 import urllib.request
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -46,9 +48,9 @@ class ServerBackend:
         self.stop = list(stop)
         self._tokenize_route: str | None = None
         self._piece_ids: dict[str, int | None] = {}
-        models = self._get("/v1/models").get("data") or []
-        self.model = model or (models[0].get("id") if models else None)
-        self.vocab_size = vocab_size or self._vocab_from_server(models)
+        ids, server_vocab = self._request("/v1/models", read=_models)
+        self.model = model or (ids[0] if ids else None)
+        self.vocab_size = vocab_size or server_vocab
         if not self.vocab_size:
             raise TuneGGUFError(
                 f"{self.base_url} does not report its vocabulary size; pass vocab_size= "
@@ -75,37 +77,41 @@ class ServerBackend:
         for prompt in prompts:
             choice = self._complete(prompt, max_tokens=max_new_tokens)
             # "stop": an end-of-generation token (or a stop string) ended it; "length": max tokens.
-            results.append((choice.get("text") or "", choice.get("finish_reason") == "stop"))
+            text = choice.get("text") or ""
+            if not isinstance(text, str):
+                raise TuneGGUFError(f"{self.base_url}/v1/completions: the choice's text is not a string: "
+                                    f"{excerpt(json.dumps(choice))}")
+            results.append((text, choice.get("finish_reason") == "stop"))
         return results
 
     def close(self) -> None:
         """Nothing to free: the server belongs to whoever started it."""
 
     # ---- requests -----------------------------------------------------------------------
-    def _request(self, path: str, payload: dict[str, Any] | None = None) -> Any:
+    def _request(self, path: str, payload: dict[str, Any] | None = None,
+                 read: Callable[[Any], T] = lambda reply: reply) -> T:
+        """POST `payload` (GET without one) and return `read(JSON reply)`.
+
+        Whatever the server answers, a failure is one TuneGGUFError line naming the URL, the
+        HTTP status and a short excerpt of the body: an error status (often an HTML page), a
+        body that is not JSON, or JSON that `read` cannot take apart (a different shape).
+        """
+        url = self.base_url + path
         data = None if payload is None else json.dumps(payload).encode("utf-8")
-        request = urllib.request.Request(self.base_url + path, data=data,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read().decode("utf-8"))
+                status, body = response.status, response.read()
         except urllib.error.HTTPError as exc:
-            body = exc.read().decode("utf-8", "replace")[:300]
-            raise _HTTPStatus(exc.code, f"{self.base_url}{path}: HTTP {exc.code} {body}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
+            raise _HTTPStatus(exc.code, f"{url}: HTTP {exc.code} {exc.reason}: {excerpt(_body(exc))}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
             raise TuneGGUFError(f"cannot reach the server at {self.base_url} ({reason}); is it running?") from None
-
-    def _get(self, path: str) -> Any:
-        return self._request(path)
-
-    def _vocab_from_server(self, models: list[dict[str, Any]]) -> int | None:
-        # llama-server reports it under /v1/models "meta"; llama-cpp-python's server does not.
-        for entry in models:
-            meta = entry.get("meta") or {}
-            if meta.get("n_vocab"):
-                return int(meta["n_vocab"])
-        return None
+        try:
+            reply = json.loads(body)
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+            raise TuneGGUFError(f"{url}: HTTP {status}, but the body is not JSON: {excerpt(body)}") from None
+        return shaped(f"{url}: HTTP {status}", body, lambda: read(reply))
 
     def _tokenize(self, text: str) -> list[int]:
         routes = [self._tokenize_route] if self._tokenize_route else ["/extras/tokenize", "/tokenize"]
@@ -116,13 +122,13 @@ class ServerBackend:
             if self.model and route == "/extras/tokenize":
                 payload["model"] = self.model
             try:
-                reply = self._request(route, payload)
+                ids = self._request(route, payload, read=_token_ids)
             except _HTTPStatus as exc:
                 if exc.status in (404, 405, 422) and not self._tokenize_route:
                     continue
                 raise TuneGGUFError(str(exc)) from None
             self._tokenize_route = route
-            return [int(t["id"]) if isinstance(t, dict) else int(t) for t in reply["tokens"]]
+            return ids
         raise TuneGGUFError(f"{self.base_url} has neither /extras/tokenize nor /tokenize")
 
     def _complete(self, prompt: str, *, max_tokens: int, logprobs: int | None = None) -> dict[str, Any]:
@@ -136,10 +142,9 @@ class ServerBackend:
             payload["logprobs"] = logprobs
             payload["n_probs"] = logprobs  # llama-server's native name
         try:
-            reply = self._request("/v1/completions", payload)
+            choices = self._request("/v1/completions", payload, read=_choices)
         except _HTTPStatus as exc:
             raise TuneGGUFError(str(exc)) from None
-        choices = reply.get("choices") or []
         if not choices:
             raise TuneGGUFError(f"{self.base_url}/v1/completions returned no choices")
         return choices[0]
@@ -147,20 +152,23 @@ class ServerBackend:
     # ---- log-probs --------------------------------------------------------------------
     def _top_logprobs(self, choice: dict[str, Any]) -> dict[int, float]:
         """{token id: log-prob} of the first generated position, from either reply shape."""
-        logprobs = choice.get("logprobs") or {}
-        content = logprobs.get("content")
+        where = f"{self.base_url}/v1/completions: the log-probs"
+        logprobs = shaped(where, choice, lambda: choice.get("logprobs") or {})
+        content = shaped(where, choice, lambda: logprobs.get("content"))
         if content:  # llama-server (OpenAI chat-style): entries carry ids
-            return {int(e["id"]): float(e["logprob"]) for e in content[0].get("top_logprobs", []) if "id" in e}
-        tops = logprobs.get("top_logprobs") or []
+            return shaped(where, choice, lambda: {int(e["id"]): float(e["logprob"])
+                                                  for e in content[0].get("top_logprobs", []) if "id" in e})
+        tops = shaped(where, choice, lambda: logprobs.get("top_logprobs") or [])
         if not tops or tops[0] is None:
             raise TuneGGUFError(
                 f"{self.base_url} returned no log-probs; llama-cpp-python's server needs --logits_all true"
             )
+        pieces = shaped(where, choice, lambda: [(str(piece), float(value)) for piece, value in tops[0].items()])
         out: dict[int, float] = {}
-        for piece, value in tops[0].items():
+        for piece, value in pieces:
             token = self._piece_id(piece)
             if token is not None and token not in out:
-                out[token] = float(value)
+                out[token] = value
         return out
 
     def _piece_id(self, piece: str) -> int | None:
@@ -190,6 +198,63 @@ class ServerBackend:
             if 0 <= token < self.vocab_size:
                 row[token] = value
         return row.astype(np.float32)
+
+
+# ---- reading replies ------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def excerpt(body: Any, limit: int = 120) -> str:
+    """A short single line of a reply body: markup, scripts and styles dropped, whitespace
+    collapsed, cut at `limit` characters (an error page is often a whole HTML document)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
+    text = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", text)
+    text = " ".join(re.sub(r"<[^>]*>", " ", text).split())
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shaped(where: str, shown: Any, read: Callable[[], T]) -> T:
+    """`read()`, with a reply of another shape than expected as one line naming `where`."""
+    try:
+        return read()
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        text = shown if isinstance(shown, (bytes, bytearray, str)) else json.dumps(shown, default=str)
+        raise TuneGGUFError(f"{where}, but the reply is not in the expected shape: {excerpt(text)}") from None
+
+
+def _body(exc: urllib.error.HTTPError) -> bytes:
+    try:
+        return exc.read()
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+def _models(reply: Any) -> tuple[list[str], int | None]:
+    """/v1/models: the model ids and, when the server says (llama-server's "meta"), the vocabulary."""
+    entries = reply.get("data") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise TypeError("data is not a list of objects")
+    ids = [str(e["id"]) for e in entries if e.get("id") is not None]
+    # llama-server reports it under "meta"; llama-cpp-python's server does not.
+    vocab = next((int(e["meta"]["n_vocab"]) for e in entries if (e.get("meta") or {}).get("n_vocab")), None)
+    return ids, vocab
+
+
+def _token_ids(reply: Any) -> list[int]:
+    tokens = reply["tokens"]
+    if not isinstance(tokens, list):
+        raise TypeError("tokens is not a list")
+    return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
+
+
+def _choices(reply: Any) -> list[dict[str, Any]]:
+    choices = reply.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise TypeError("choices is not a list of objects")
+    return choices
 
 
 class _HTTPStatus(TuneGGUFError):

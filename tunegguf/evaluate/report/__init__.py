@@ -9,7 +9,10 @@ from tunegguf.io import atomic_write_text, write_json, write_jsonl
 
 
 def write_reports(out_dir: Path, report: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write the four files atomically; return their paths by kind."""
+    """Write the four files atomically; return their paths by kind.
+
+    Both documents are rendered before anything is written, so a renderer that fails leaves
+    the previous set (or none) in place instead of a new report.json beside an old report.html."""
     from tunegguf.evaluate.report.html import render_html
     from tunegguf.evaluate.report.markdown import render_markdown
 
@@ -20,8 +23,9 @@ def write_reports(out_dir: Path, report: dict[str, Any], predictions: list[dict[
         "md": out_dir / "report.md",
         "html": out_dir / "report.html",
     }
+    markdown, html = render_markdown(report), render_html(report, predictions)
     write_jsonl(paths["predictions"], predictions)
     write_json(paths["json"], report)
-    atomic_write_text(paths["md"], render_markdown(report))
-    atomic_write_text(paths["html"], render_html(report, predictions))
+    atomic_write_text(paths["md"], markdown)
+    atomic_write_text(paths["html"], html)
     return paths

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from tunegguf.evaluate.report.markdown import verdict_line
+from tunegguf.evaluate.report.markdown import template_checks_head, verdict_line
 from tunegguf.evaluate.report.plots import all_plots
 from tunegguf.evaluate.report.tables import (
     confusion_table,
@@ -47,6 +47,10 @@ def render_html(report: dict[str, Any], predictions: list[dict[str, Any]]) -> st
         for name, block in report["parity"].items()
         for mode, stats in block.get("modes", {}).items()
     ]
+    # Optional sections reach the template as plain values: StrictUndefined would turn a key
+    # missing from a section that could not run (template checks, stages) into a crash.
+    stages = report.get("stages") or {}
+    recommendation = report.get("recommendation") or {}
     verdicts = [
         (name, v["holds"], verdict_line(name, report).lstrip("- ").replace("**", ""))
         for name, v in report["verdicts"].items()
@@ -63,11 +67,12 @@ def render_html(report: dict[str, Any], predictions: list[dict[str, Any]]) -> st
         flips=flips,
         limit=limit,
         speed=speed_table(report),
-        stages=report.get("stages") or {},
+        stage_summary=stages.get("summary") or "",
+        stage_mode=stages.get("mode") or report.get("primary_mode"),
         stage_rows=stages_table(report),
-        checks=report.get("template_checks") or {},
+        checks=template_checks_head(report),
         check_rows=template_checks_table(report),
-        recommendation=report.get("recommendation") or {},
+        recommendation={"choice": recommendation.get("choice"), "reason": recommendation.get("reason") or ""},
         recommendation_rows=recommendation_table(report),
         imatrix_rows=imatrix_table(report),
         weight_rows=weight_parity_table(report),

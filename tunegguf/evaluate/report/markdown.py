@@ -98,6 +98,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def template_checks_head(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The template checks' verdict, GGUF and diffs as both reports show them; the keys are
+    there even when the checks could not run (an unloadable file, an error)."""
+    checks = report.get("template_checks")
+    if not checks:
+        return None
+    verdict = {True: "all pass", False: "some FAIL"}.get(checks.get("passed"), "not checked")
+    return {"verdict": verdict, "gguf": checks.get("gguf") or "–", "diffs": list((checks.get("diffs") or {}).items())}
+
+
 def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
     """Stage attribution, template checks and the recommendation (absent in old reports)."""
     out: list[str] = []
@@ -107,12 +117,11 @@ def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
                 f"Each step compared with the model it was made from ({stages['mode']} predictions; "
                 "KL over the whole vocabulary at the answer position). {}.\n".format(_text(stages["summary"])),
                 md_table(stages_table(report))]
-    checks = report.get("template_checks")
+    checks = template_checks_head(report)
     if checks:
-        verdict = {True: "all pass", False: "some FAIL", None: "not checked"}[checks.get("passed")]
-        out += [f"## Templates and tokens\n", f"One conversation rendered by every runtime ({verdict}; "
-                f"GGUF {_text(checks.get('gguf'))}).\n", md_table(template_checks_table(report))]
-        for title, diff in (checks.get("diffs") or {}).items():
+        out += [f"## Templates and tokens\n", f"One conversation rendered by every runtime ({checks['verdict']}; "
+                f"GGUF {_text(checks['gguf'])}).\n", md_table(template_checks_table(report))]
+        for title, diff in checks["diffs"]:
             out += [f"**{_text(title)}**\n", "```diff\n" + diff + "```\n"]
     weight_rows = weight_parity_table(report)
     if weight_rows[1]:
