@@ -105,6 +105,29 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def directory_problem(path: Path) -> str | None:
+    """Why `path` cannot serve as a directory to write in (checked without creating
+    anything), or None: 'is a file, not a directory', 'is under X, which is a file', ..."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return "is a file, not a directory" if existing == path else f"is under {existing}, which is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+    return None
+
+
+def require_output_dir(path: Path, option: str) -> Path:
+    """`path` when it can be used as an output directory; else one line naming `option`
+    (the flag or setting the user gave it with)."""
+    problem = directory_problem(path)
+    if problem:
+        raise TuneGGUFError(f"{option} {path} {problem}; give a directory path")
+    return Path(path)
+
+
 def require_free_disk(directory: Path, needed_bytes: int, what: str) -> None:
     """Refuse before writing when the disk cannot hold the output."""
     directory = Path(directory)

@@ -36,12 +36,14 @@ def run_command(base, adapter, out, quants, labels, imatrix_quants, imatrix_data
     """Export a merged model to verified GGUF files (f16 + each quant), Modelfiles and a manifest."""
     from tunegguf.config.run import load_run_config
     from tunegguf.export.stage import run
+    from tunegguf.io import require_output_dir
 
     config = load_run_config(config_path, list(overrides), flags={
         "export.quants": ("--quants", comma_list(quants) if quants is not None else None),
         "export.imatrix_quants": ("--imatrix-quants", comma_list(imatrix_quants) if imatrix_quants is not None else None),
         "model.name": ("--base", base),
     })
+    out = require_output_dir(out, "--out") if out is not None else require_output_dir(config.run_dir, "run_dir") / "export"
     label_list = comma_list(labels) if labels else None
     calibration = None
     if imatrix_data is not None:
@@ -53,7 +55,7 @@ def run_command(base, adapter, out, quants, labels, imatrix_quants, imatrix_data
         calibration = load_split(imatrix_data)
     result = run(
         config.export, base_model=config.model.name, adapter_dir=adapter,
-        out_dir=out or Path(config.run_dir) / "export", prompt=config.prompt, labels=label_list,
+        out_dir=out, prompt=config.prompt, labels=label_list,
         calibration=calibration,
     )
     _print_result(result)

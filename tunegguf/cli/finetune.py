@@ -6,8 +6,6 @@ the function so `--help` is instant.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from tunegguf.cli.common import Command
@@ -18,7 +16,7 @@ from tunegguf.cli.common import Command
               help="Run config (YAML); defaults apply to anything it leaves out.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a setting, e.g. --set finetune.max_steps=100 (repeatable).")
-@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--run-dir", default=None,
               help="Where the run writes (default: run_dir from the config).")
 @click.option("--resume", is_flag=True, default=False,
               help="Continue an unfinished fine-tune from its last checkpoint.")
@@ -30,9 +28,10 @@ def finetune_command(config_path: str | None, overrides: tuple[str, ...], run_di
     from tunegguf.config.run import load_run_config
     from tunegguf.data import prepare
     from tunegguf.finetune import run
+    from tunegguf.io import require_output_dir
 
     config = load_run_config(config_path, list(overrides), flags={"run_dir": ("--run-dir", run_dir)})
-    root = Path(config.run_dir)
+    root = require_output_dir(config.run_dir, "--run-dir" if run_dir else "run_dir")
     data = prepare(config.data, root / "data")
     manifest = data.manifest or {}
     result = run(

@@ -25,9 +25,11 @@ def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | Non
     where it stopped when started again with the same command.
     """
     from tunegguf.config.run import load_run_config
+    from tunegguf.io import require_output_dir
     from tunegguf.pipeline.run import run_pipeline
 
     config = load_run_config(config_path, list(overrides), flags={"run_dir": ("--run-dir", run_dir)})
+    require_output_dir(config.run_dir, "--run-dir" if run_dir else "run_dir")
     result = run_pipeline(config, from_stage=from_stage, until=until, log=lambda line: click.echo(line, err=True))
     click.echo("")
     if result.report_html is None:

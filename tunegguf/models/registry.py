@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunegguf.errors import TuneGGUFError
-from tunegguf.io import atomic_dir, cache_dir, require_free_disk
+from tunegguf.io import atomic_dir, cache_dir, directory_problem, require_free_disk
 
 # Bump when a builder changes what it writes, so old cache entries are rebuilt.
 RECIPE_VERSION = 1
@@ -64,15 +64,9 @@ def checked_cache_dir() -> Path:
     or no write permission, is one line naming TUNEGGUF_CACHE, not a crash mid-export."""
     cache = cache_dir()
     origin = next((f" (from {name})" for name in ("TUNEGGUF_CACHE", "XDG_CACHE_HOME") if os.environ.get(name)), "")
-    existing = cache
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+    problem = directory_problem(cache)
+    if problem is None:
         return cache
-    if not existing.is_dir():
-        problem = "is a file, not a directory" if existing == cache else f"is under {existing}, which is a file"
-    else:
-        problem = "is not writable" if existing == cache else f"cannot be created: {existing} is not writable"
     raise TuneGGUFError(
         f"cache directory {cache}{origin} {problem}; set TUNEGGUF_CACHE to a directory you can write to"
     )
