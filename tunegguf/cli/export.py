@@ -37,13 +37,16 @@ def run_command(base, adapter, out, quants, labels, imatrix_quants, imatrix_data
     from tunegguf.config.run import load_run_config
     from tunegguf.export.stage import run
     from tunegguf.io import require_output_dir
+    from tunegguf.pipeline.checks import check_before_start
 
-    config = load_run_config(config_path, list(overrides), flags={
+    flags = {
         "export.quants": ("--quants", comma_list(quants) if quants is not None else None),
         "export.imatrix_quants": ("--imatrix-quants", comma_list(imatrix_quants) if imatrix_quants is not None else None),
         "model.name": ("--base", base),
-    })
-    out = require_output_dir(out, "--out") if out is not None else require_output_dir(config.run_dir, "run_dir") / "export"
+    }
+    config = load_run_config(config_path, list(overrides), flags=flags)
+    check_before_start(config, ["export"], flags=flags, run_dir=out is None)
+    out = require_output_dir(out, "--out") if out is not None else Path(config.run_dir) / "export"
     label_list = comma_list(labels) if labels else None
     calibration = None
     if imatrix_data is not None:

@@ -6,6 +6,8 @@ the function so `--help` is instant.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from tunegguf.cli.common import Command
@@ -28,10 +30,12 @@ def finetune_command(config_path: str | None, overrides: tuple[str, ...], run_di
     from tunegguf.config.run import load_run_config
     from tunegguf.data import prepare
     from tunegguf.finetune import run
-    from tunegguf.io import require_output_dir
+    from tunegguf.pipeline.checks import check_before_start
 
-    config = load_run_config(config_path, list(overrides), flags={"run_dir": ("--run-dir", run_dir)})
-    root = require_output_dir(config.run_dir, "--run-dir" if run_dir else "run_dir")
+    flags = {"run_dir": ("--run-dir", run_dir)}
+    config = load_run_config(config_path, list(overrides), flags=flags)
+    check_before_start(config, ["data", "finetune"], flags=flags)
+    root = Path(config.run_dir)
     data = prepare(config.data, root / "data")
     manifest = data.manifest or {}
     result = run(

@@ -19,9 +19,9 @@ from typing import Any, Callable
 from tunegguf.config.run import RunConfig
 from tunegguf.config.typed import to_dict, write_yaml
 from tunegguf.errors import TuneGGUFError, closest
-from tunegguf.io import read_json, require_output_dir, write_json
+from tunegguf.io import read_json, write_json
+from tunegguf.pipeline.checks import STAGES, check_before_start, stages_until
 
-STAGES = ["data", "finetune", "export", "evaluate"]
 # Which config sections each stage's output depends on (upstream stages chain in too).
 STAGE_INPUTS = {
     "data": ["data"],
@@ -105,7 +105,8 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
     for flag, value in (("--from", from_stage), ("--until", until)):
         if value is not None and value not in STAGES:
             raise TuneGGUFError(f"{flag} {value!r} is not a stage{closest(value, STAGES)}; stages: {', '.join(STAGES)}")
-    run_dir = require_output_dir(config.run_dir, "run_dir")
+    check_before_start(config, stages_until(until))  # what would fail after the fine-tune fails now
+    run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", to_dict(config))
     write_json(run_dir / "environment.json", environment_record(config))
