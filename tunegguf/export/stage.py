@@ -364,7 +364,7 @@ def run(
     manifest = replace(
         Manifest.load(gguf_dir / "manifest.json"),
         base_model=base_model, base_dir=str(base_dir), base_source_quant=source_quant,
-        adapter_dir=str(adapter_dir) if adapter_dir else None, merged_dir=str(merged_dir),
+        adapter_dir=str(adapter_dir.resolve()) if adapter_dir else None, merged_dir=str(Path(merged_dir).resolve()),
         source_sha256=source_sha, source_shards=shard_shas, versions=versions,
         config=to_dict(config), warnings=warnings,
     )

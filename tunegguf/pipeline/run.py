@@ -19,8 +19,9 @@ from typing import Any, Callable
 from tunegguf.config.run import RunConfig
 from tunegguf.config.typed import to_dict, write_yaml
 from tunegguf.errors import TuneGGUFError, closest
-from tunegguf.io import read_json, write_json
+from tunegguf.io import write_json
 from tunegguf.pipeline.checks import STAGES, check_before_start, stages_until
+from tunegguf.pipeline.stagebook import StageBook
 
 # Which config sections each stage's output depends on (upstream stages chain in too).
 STAGE_INPUTS = {
@@ -70,30 +71,6 @@ def environment_record(config: RunConfig) -> dict[str, Any]:
     }
 
 
-class _StageBook:
-    """stages.json: what finished, with which fingerprint, and what it produced."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[str, Any] = read_json(path) if path.is_file() else {}
-
-    def done(self, stage: str, fingerprint: str) -> dict | None:
-        entry = self.entries.get(stage)
-        if entry and entry.get("fingerprint") == fingerprint:
-            return entry.get("result")
-        return None
-
-    def record(self, stage: str, fingerprint: str, result: dict, seconds: float) -> None:
-        self.entries[stage] = {"fingerprint": fingerprint, "result": result, "seconds": round(seconds, 1),
-                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(self.path, self.entries)
-
-    def forget_from(self, stage: str) -> None:
-        for later in STAGES[STAGES.index(stage):]:
-            self.entries.pop(later, None)
-        write_json(self.path, self.entries)
-
-
 def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str | None = None,
                  log: Callable[[str], None] = print) -> PipelineResult:
     """Run every stage that is not already done for this config; return where things are.
@@ -110,7 +87,7 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", to_dict(config))
     write_json(run_dir / "environment.json", environment_record(config))
-    book = _StageBook(run_dir / "stages.json")
+    book = StageBook(run_dir)
     if from_stage:
         book.forget_from(from_stage)
     prints = stage_fingerprints(config)
