@@ -259,3 +259,71 @@ def test_a_stage_whose_outputs_are_gone_runs_again(tmp_path, monkeypatch):
     assert StageBook(run_dir).done("evaluate", prints["evaluate"])["report_md"] == str(run_dir / "report" / "report.md")
     (run_dir / "report" / "report.md").unlink()
     assert StageBook(run_dir).done("evaluate", prints["evaluate"]) is None
+
+
+# ---- #8 a killed writer's temporary file is cleaned up by the rerun ------------------------
+
+
+def _child_env() -> dict[str, str]:
+    """The environment for a child Python that must import this very tunegguf."""
+    import tunegguf
+
+    root = str(Path(tunegguf.__file__).resolve().parents[1])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from tunegguf.io import atomic_path
+
+    with atomic_path(Path(sys.argv[1])) as tmp:
+        tmp.write_bytes(b"half a GGUF" * 1000)
+        print(tmp, flush=True)
+        time.sleep(120)
+""")
+
+
+def _start_writer(target: Path) -> tuple[subprocess.Popen, Path]:
+    """A process in the middle of writing `target` atomically, and its temporary file."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+                            env=_child_env())
+    tmp = Path(proc.stdout.readline().strip())
+    assert tmp.is_file() and tmp.parent == target.parent, tmp
+    return proc, tmp
+
+
+def _killed_writer(target: Path) -> Path:
+    proc, tmp = _start_writer(target)
+    proc.kill()  # kill -9 mid-write
+    proc.wait()
+    assert tmp.is_file(), "SIGKILL leaves the temporary file behind"
+    return tmp
+
+
+def test_rerun_removes_what_a_killed_writer_left(tmp_path):
+    run_dir = tmp_path / "run"
+    gguf = run_dir / "export" / "gguf"
+    stale = _killed_writer(gguf / "model-f16.gguf")
+    live, in_use = _start_writer(gguf / "model-Q8_0.gguf")
+    try:
+        config = _config(tmp_path, "data:\n  max_eval_examples: 20\n")
+        result = _invoke("run", config, "--run-dir", run_dir, "--until", "data")
+        assert result.exit_code == 0, result.output
+        assert not stale.exists(), "the rerun removes the killed writer's temporary"
+        assert in_use.is_file(), "a live writer's temporary is left alone"
+        assert not (gguf / "model-f16.gguf").exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_the_export_stage_removes_its_stale_temporaries(tmp_path):
+    from tunegguf.export.config import ExportConfig
+    from tunegguf.export.stage import run
+
+    out = tmp_path / "export"
+    stale = _killed_writer(out / "gguf" / "model-f16.gguf")
+    with pytest.raises(TuneGGUFError, match="not a Hugging Face model directory"):
+        run(ExportConfig(), base_model=str(tmp_path), adapter_dir=None, out_dir=out)
+    assert not stale.exists()

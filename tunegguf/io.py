@@ -6,12 +6,20 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tunegguf.errors import TuneGGUFError
+from tunegguf.processes import pid_alive
+
+# A temporary's name records its writer: `.NAME.PID-RANDOM.tmp`, so a rerun can tell what a
+# killed writer left behind from a file a live process is still writing.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$")
+# The names before the pid was recorded: `.NAME.RANDOM.tmp`.
+_OLD_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def cache_dir() -> Path:
@@ -28,7 +36,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,7 +57,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temp directory beside `target`; it replaces `target` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target.name), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         if target.exists():
@@ -58,6 +66,34 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}-"
+
+
+def remove_stale_temporaries(directory: Path, *, unowned: bool = False) -> list[Path]:
+    """Delete, under `directory` (recursively), the temporary files and directories of
+    `atomic_path` / `atomic_dir` whose writing process is gone (killed mid-write: an
+    f16-sized `.model-f16.gguf.PID-x.tmp`); return what was removed. `unowned` also
+    removes temporaries named without a pid (an older tunegguf's): only for a directory
+    whose lock the caller holds, since no writer of those can be told alive."""
+    def stale(name: str) -> bool:
+        match = _TEMPORARY.match(name)
+        if match:
+            return not pid_alive(int(match["pid"]))
+        return unowned and bool(_OLD_TEMPORARY.match(name))
+
+    removed: list[Path] = []
+    for root, dirs, files in os.walk(directory):
+        for name in [d for d in dirs if stale(d)]:
+            shutil.rmtree(Path(root) / name, ignore_errors=True)
+            dirs.remove(name)  # nothing to walk in there any more
+            removed.append(Path(root) / name)
+        for name in filter(stale, files):
+            (Path(root) / name).unlink(missing_ok=True)
+            removed.append(Path(root) / name)
+    return removed
 
 
 def atomic_write_text(target: Path, text: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from tunegguf.config.run import RunConfig
 from tunegguf.config.typed import to_dict, write_yaml
 from tunegguf.errors import TuneGGUFError, closest
-from tunegguf.io import write_json
+from tunegguf.io import remove_stale_temporaries, write_json
 from tunegguf.pipeline.checks import STAGES, check_before_start, stages_until
 from tunegguf.pipeline.stagebook import StageBook
 
@@ -85,6 +85,7 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
     check_before_start(config, stages_until(until))  # what would fail after the fine-tune fails now
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # what a killed run was writing
     write_yaml(run_dir / "config.yaml", to_dict(config))
     write_json(run_dir / "environment.json", environment_record(config))
     book = StageBook(run_dir)
