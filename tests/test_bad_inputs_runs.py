@@ -327,3 +327,87 @@ def test_the_export_stage_removes_its_stale_temporaries(tmp_path):
     with pytest.raises(TuneGGUFError, match="not a Hugging Face model directory"):
         run(ExportConfig(), base_model=str(tmp_path), adapter_dir=None, out_dir=out)
     assert not stale.exists()
+
+
+# ---- #4 one process at a time on a run directory -------------------------------------------
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from tunegguf.io import locked_directory
+
+    with locked_directory(Path(sys.argv[1])):
+        print("locked", flush=True)
+        time.sleep(120)
+""")
+
+
+def _hold(directory: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True,
+                            env=_child_env())
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+RUNNING = textwrap.dedent("""
+    import sys, time
+    import tunegguf.data
+    from tunegguf.config.run import load_run_config
+    from tunegguf.pipeline.run import run_pipeline
+
+    def slow_prepare(*args, **kwargs):
+        print("in the data stage", flush=True)
+        time.sleep(120)
+
+    tunegguf.data.prepare = slow_prepare
+    run_pipeline(load_run_config(sys.argv[1], [f"run_dir={sys.argv[2]}"]), log=lambda line: None)
+""")
+
+
+def test_a_second_run_on_the_run_directory_refuses(tmp_path):
+    run_dir = tmp_path / "run"
+    config = _config(tmp_path, "data:\n  max_eval_examples: 20\n")
+    first = subprocess.Popen([sys.executable, "-c", RUNNING, str(config), str(run_dir)], stdout=subprocess.PIPE,
+                             text=True, env=_child_env())
+    try:
+        assert first.stdout.readline().strip() == "in the data stage"
+        for args in (["run", config, "--run-dir", run_dir, "--until", "data"],
+                     ["finetune", "--config", config, "--run-dir", run_dir]):
+            _one_line_cli_error(_invoke(*args), f"{run_dir} is in use by another tunegguf process",
+                                f"pid {first.pid}: -c {config}", "started ")
+        assert not (run_dir / "data").exists(), "the refused run wrote nothing"
+    finally:
+        first.kill()  # kill -9: the kernel drops the lock with the process
+        first.wait()
+    result = _invoke("run", config, "--run-dir", run_dir, "--until", "data")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / ".tunegguf.lock").read_text())["pid"] == os.getpid()
+
+
+def test_export_run_locks_its_output_directory(tmp_path):
+    export = tmp_path / "export"
+    holder = _hold(export)
+    try:
+        _one_line_cli_error(_invoke("export", "run", "--out", export), f"pid {holder.pid}", "another --out")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_file_of_a_dead_process_does_not_block(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / ".tunegguf.lock").write_text(json.dumps({"pid": dead.pid, "command": "tunegguf run x.yaml",
+                                                        "started": "2026-01-01 00:00:00"}))
+    # A pre-pid temporary (an older tunegguf's) goes too: the lock says nobody else writes here.
+    old_tmp = run_dir / "export" / "gguf" / ".model-f16.gguf.k2j4_x9q.tmp"
+    old_tmp.parent.mkdir(parents=True)
+    old_tmp.write_bytes(b"x" * 100)
+    config = _config(tmp_path, "data:\n  max_eval_examples: 20\n")
+    result = _invoke("run", config, "--run-dir", run_dir, "--until", "data")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / ".tunegguf.lock").read_text())["pid"] == os.getpid()
+    assert not old_tmp.exists()

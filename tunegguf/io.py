@@ -8,7 +8,9 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -94,6 +96,61 @@ def remove_stale_temporaries(directory: Path, *, unowned: bool = False) -> list[
             (Path(root) / name).unlink(missing_ok=True)
             removed.append(Path(root) / name)
     return removed
+
+
+LOCK_FILE = ".tunegguf.lock"
+_LOCKED: set[Path] = set()  # directories this process holds (a nested `locked_directory` is a no-op)
+
+
+@contextlib.contextmanager
+def locked_directory(directory: Path, setting: str = "run_dir") -> Iterator[Path]:
+    """Hold `directory` for this process while the block runs; another tunegguf process
+    that asks for it meanwhile gets one line naming this one (`setting`: how the user
+    chose the directory, for the advice).
+
+    The lock is an flock on DIRECTORY/.tunegguf.lock, which the kernel releases when the
+    process ends however it ends (kill -9 too), so a lock file left behind never blocks;
+    the file records pid, command and start time for the message. Taking the lock also
+    removes what a killed writer left in the directory, older tunegguf's temporaries
+    included: while the lock is held, nobody else writes there.
+    """
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory.resolve()
+    if key in _LOCKED:
+        yield directory
+        return
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuneGGUFError(
+                f"{directory} is in use by another tunegguf process ({_lock_holder(fd)}); wait for it to "
+                f"finish or stop it, or choose another {setting}"
+            ) from None
+        holder = {"pid": os.getpid(), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        _LOCKED.add(key)
+        try:
+            remove_stale_temporaries(directory, unowned=True)
+            yield directory
+        finally:
+            _LOCKED.discard(key)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f"pid {holder['pid']}: {holder['command']}, started {holder['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "pid unknown"
 
 
 def atomic_write_text(target: Path, text: str) -> None:

@@ -30,27 +30,28 @@ def finetune_command(config_path: str | None, overrides: tuple[str, ...], run_di
     from tunegguf.config.run import load_run_config
     from tunegguf.data import prepare
     from tunegguf.finetune import run
+    from tunegguf.io import locked_directory
     from tunegguf.pipeline.checks import check_before_start
 
     flags = {"run_dir": ("--run-dir", run_dir)}
     config = load_run_config(config_path, list(overrides), flags=flags)
     check_before_start(config, ["data", "finetune"], flags=flags)
-    root = Path(config.run_dir)
-    data = prepare(config.data, root / "data")
-    manifest = data.manifest or {}
-    result = run(
-        config.finetune,
-        model=config.model,
-        prompt=config.prompt,
-        train=data.load("train"),
-        validation=data.load("validation"),
-        labels=list(data.labels),
-        out_dir=root / "finetune",
-        data_fingerprint={"fingerprint": manifest.get("fingerprint"), "splits": manifest.get("splits")},
-        resume=resume,
-        overwrite=overwrite,
-        class_weights=data.class_weights,
-    )
+    with locked_directory(Path(config.run_dir), "--run-dir") as root:
+        data = prepare(config.data, root / "data")
+        manifest = data.manifest or {}
+        result = run(
+            config.finetune,
+            model=config.model,
+            prompt=config.prompt,
+            train=data.load("train"),
+            validation=data.load("validation"),
+            labels=list(data.labels),
+            out_dir=root / "finetune",
+            data_fingerprint={"fingerprint": manifest.get("fingerprint"), "splits": manifest.get("splits")},
+            resume=resume,
+            overwrite=overwrite,
+            class_weights=data.class_weights,
+        )
     click.echo(format_result(result))
 
 

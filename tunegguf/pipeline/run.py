@@ -19,7 +19,7 @@ from typing import Any, Callable
 from tunegguf.config.run import RunConfig
 from tunegguf.config.typed import to_dict, write_yaml
 from tunegguf.errors import TuneGGUFError, closest
-from tunegguf.io import remove_stale_temporaries, write_json
+from tunegguf.io import locked_directory, write_json
 from tunegguf.pipeline.checks import STAGES, check_before_start, stages_until
 from tunegguf.pipeline.stagebook import StageBook
 
@@ -75,17 +75,23 @@ def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str
                  log: Callable[[str], None] = print) -> PipelineResult:
     """Run every stage that is not already done for this config; return where things are.
 
-    `until` stops after that stage (a notebook runs the chain one cell per stage).
+    `until` stops after that stage (a notebook runs the chain one cell per stage). The run
+    directory is locked meanwhile: a second run on it refuses, naming this one.
     """
-    from tunegguf import data as data_stage
-
     for flag, value in (("--from", from_stage), ("--until", until)):
         if value is not None and value not in STAGES:
             raise TuneGGUFError(f"{flag} {value!r} is not a stage{closest(value, STAGES)}; stages: {', '.join(STAGES)}")
     check_before_start(config, stages_until(until))  # what would fail after the fine-tune fails now
+    # Taking the lock also removes what a killed run was writing.
+    with locked_directory(Path(config.run_dir)):
+        return _run_stages(config, from_stage=from_stage, until=until, log=log)
+
+
+def _run_stages(config: RunConfig, *, from_stage: str | None, until: str | None,
+                log: Callable[[str], None]) -> PipelineResult:
+    from tunegguf import data as data_stage
+
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)  # what a killed run was writing
     write_yaml(run_dir / "config.yaml", to_dict(config))
     write_json(run_dir / "environment.json", environment_record(config))
     book = StageBook(run_dir)
