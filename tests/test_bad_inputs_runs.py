@@ -411,3 +411,122 @@ def test_a_lock_file_of_a_dead_process_does_not_block(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((run_dir / ".tunegguf.lock").read_text())["pid"] == os.getpid()
     assert not old_tmp.exists()
+
+
+# ---- #9 children die with their parent ------------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaps counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _wait_gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if _gone(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(stat.parent.name), cmdline))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+PARENT = textwrap.dedent("""
+    import sys, time
+    from tunegguf import processes
+
+    child = processes.popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print(child.pid, flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_dies_with_its_parent():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, env=_child_env())
+    child = int(parent.stdout.readline())
+    assert not _gone(child)
+    parent.kill()  # kill -9: no cleanup code runs in the parent
+    parent.wait()
+    assert _wait_gone(child, 5), "the child outlived its parent"
+
+
+def test_every_child_process_goes_through_processes():
+    """No module starts a child on its own: each one dies with tunegguf (processes.run / popen)."""
+    import ast
+
+    import tunegguf
+
+    package = Path(tunegguf.__file__).parent
+    starters = {"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput"}
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "processes.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            func = node.func if isinstance(node, ast.Call) else None
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                if (func.value.id == "subprocess" and func.attr in starters) or \
+                        (func.value.id == "os" and func.attr in {"system", "popen", "fork", "execv", "execvp"}):
+                    offenders.append(f"{path.relative_to(package)}:{node.lineno} {func.value.id}.{func.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module in ("subprocess", "multiprocessing"):
+                offenders += [f"{path.relative_to(package)}:{node.lineno} from {node.module} import {a.name}"
+                              for a in node.names if a.name in starters | {"Process", "Pool"}]
+    assert offenders == []
+
+
+VERIFYING = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from tunegguf.export.verify import verify_gguf
+
+    verify_gguf(Path(sys.argv[1]), max_tokens=4096)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_during_verification_leaves_no_worker_and_no_temp_dir(tmp_path):
+    import tempfile
+
+    gguf = tmp_path / "export" / "gguf" / "model-Q4_1.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.symlink_to(_shipped_gguf())
+    system_tmp = Path(tempfile.gettempdir())
+    before = set(system_tmp.glob("tunegguf-verify-*"))
+    parent = subprocess.Popen([sys.executable, "-c", VERIFYING, str(gguf)], env=_child_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 60, []
+    while not workers and time.time() < deadline and parent.poll() is None:
+        workers = [pid for pid, cmd in _children(parent.pid) if "verify_worker" in cmd]
+        time.sleep(0.1)
+    assert workers, "the verify worker started"
+    parent.kill()
+    parent.wait()
+    try:
+        assert _wait_gone(workers[0], 3), "the verify worker outlived the killed parent"
+    finally:
+        if not _gone(workers[0]):
+            os.kill(workers[0], 9)
+    assert set(system_tmp.glob("tunegguf-verify-*")) == before, "no scratch directory in the system temp dir"
+    left = [p for p in gguf.parent.iterdir() if p.name.startswith(".tunegguf-verify.")]
+    assert left, "the killed parent's scratch directory is beside the file, in the run directory"
+    from tunegguf.io import remove_stale_temporaries
+
+    remove_stale_temporaries(tmp_path)
+    assert not any(gguf.parent.glob(".tunegguf-verify.*")), "and the next run removes it"

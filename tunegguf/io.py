@@ -74,25 +74,45 @@ def _temporary_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}-"
 
 
+def _stale(name: str, unowned: bool = False) -> bool:
+    """A temporary's name whose writer is gone (`unowned`: or that names no writer)."""
+    match = _TEMPORARY.match(name)
+    if match:
+        return not pid_alive(int(match["pid"]))
+    return unowned and bool(_OLD_TEMPORARY.match(name))
+
+
+@contextlib.contextmanager
+def scratch_dir(name: str, near: Path | None = None) -> Iterator[Path]:
+    """A directory for one child process's files, removed after the block: in `near` (a run's
+    folder) when that is writable, else in the system's temporary directory. Named like
+    atomic_dir's temporaries, so one a killed process left is removed by the next run
+    (`remove_stale_temporaries`) or the next scratch_dir of the same name beside it."""
+    parent = Path(near) if near is not None and os.access(near, os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
+    for old in parent.glob(f".{name}.*.tmp"):
+        match = _TEMPORARY.match(old.name)
+        if match and match["name"] == name and _stale(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=_temporary_prefix(name), suffix=".tmp", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_stale_temporaries(directory: Path, *, unowned: bool = False) -> list[Path]:
     """Delete, under `directory` (recursively), the temporary files and directories of
     `atomic_path` / `atomic_dir` whose writing process is gone (killed mid-write: an
     f16-sized `.model-f16.gguf.PID-x.tmp`); return what was removed. `unowned` also
     removes temporaries named without a pid (an older tunegguf's): only for a directory
     whose lock the caller holds, since no writer of those can be told alive."""
-    def stale(name: str) -> bool:
-        match = _TEMPORARY.match(name)
-        if match:
-            return not pid_alive(int(match["pid"]))
-        return unowned and bool(_OLD_TEMPORARY.match(name))
-
     removed: list[Path] = []
     for root, dirs, files in os.walk(directory):
-        for name in [d for d in dirs if stale(d)]:
+        for name in [d for d in dirs if _stale(d, unowned)]:
             shutil.rmtree(Path(root) / name, ignore_errors=True)
             dirs.remove(name)  # nothing to walk in there any more
             removed.append(Path(root) / name)
-        for name in filter(stale, files):
+        for name in [f for f in files if _stale(f, unowned)]:
             (Path(root) / name).unlink(missing_ok=True)
             removed.append(Path(root) / name)
     return removed
