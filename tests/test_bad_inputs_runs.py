@@ -530,3 +530,46 @@ def test_kill_during_verification_leaves_no_worker_and_no_temp_dir(tmp_path):
 
     remove_stale_temporaries(tmp_path)
     assert not any(gguf.parent.glob(".tunegguf-verify.*")), "and the next run removes it"
+
+
+# ---- #11 predict --output is written whatever the texts came from --------------------------
+
+
+def test_predict_output_from_text_arguments_and_stdin(tmp_path):
+    import pandas as pd
+
+    run_dir = _finished_run(tmp_path)
+    out = tmp_path / "scored.csv"
+    result = _invoke("predict", "--run", run_dir, "--output", out, "a wonderful film", "a dreadful film")
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out)
+    assert list(scored["text"]) == ["a wonderful film", "a dreadful film"]
+    assert set(scored.columns) == {"text", "label", "probability", "p_negative", "p_positive"}
+    assert result.stdout == "" and f"wrote 2 rows to {out}" in result.stderr
+    piped = tmp_path / "piped.jsonl"
+    result = _invoke("predict", "--run", run_dir, "--output", piped, input="first line\n\nsecond line\n")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["text"] for line in piped.read_text().splitlines()] == ["first line", "second line"]
+
+
+def test_predict_input_file_gets_the_data_stage_errors(tmp_path):
+    run_dir = _finished_run(tmp_path)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("id,text\n1,fine film\n2,\n3,bad film\n")
+    _one_line_cli_error(_invoke("predict", "--run", run_dir, "--input", blank), "blank.csv", "row 2",
+                        "no text in column 'text'")
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("id;review\n1;fine film\n2;bad film\n")
+    _one_line_cli_error(_invoke("predict", "--run", run_dir, "--input", semicolons, "--text-column", "review"),
+                        "semi.csv")
+    ok = tmp_path / "in.jsonl"
+    ok.write_text('{"id": 7, "text": "fine film"}\n')
+    _one_line_cli_error(_invoke("predict", "--run", run_dir, "--input", ok, "--output", tmp_path / "out.txt"),
+                        "--output", "out.txt", "'.txt'", ".csv")
+    assert not (tmp_path / "out.txt").exists()
+    result = _invoke("predict", "--run", run_dir, "--input", ok, "--output", tmp_path / "out.parquet")
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    scored = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(scored["id"]) == [7] and scored["label"][0] in ("negative", "positive")
