@@ -573,3 +573,25 @@ def test_predict_input_file_gets_the_data_stage_errors(tmp_path):
 
     scored = pd.read_parquet(tmp_path / "out.parquet")
     assert list(scored["id"]) == [7] and scored["label"][0] in ("negative", "positive")
+
+
+# ---- #16 --resume with nothing to resume says so ---------------------------------------------
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path, monkeypatch):
+    import tunegguf.finetune
+
+    def stub(*args, **kwargs):
+        raise TuneGGUFError("stopped before training (test)")
+
+    monkeypatch.setattr(tunegguf.finetune, "run", stub)
+    config = _config(tmp_path, "data:\n  max_eval_examples: 20\n")
+    run_dir = tmp_path / "run"
+    result = _invoke("finetune", "--config", config, "--run-dir", run_dir, "--resume")
+    assert result.output.splitlines()[0] == (
+        f"note: --resume: no fine-tune was started in {run_dir / 'finetune'}, so there is nothing to resume; "
+        "starting from step 0"), result.output
+    quiet = _invoke("finetune", "--config", config, "--run-dir", run_dir)
+    assert "note:" not in quiet.output, "without --resume a fresh start needs no note"
+    _one_line_cli_error(_invoke("finetune", "--config", config, "--run-dir", run_dir, "--resume", "--overwrite"),
+                        "--resume continues", "--overwrite deletes it; give one of them")

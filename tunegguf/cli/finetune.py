@@ -29,14 +29,22 @@ def finetune_command(config_path: str | None, overrides: tuple[str, ...], run_di
     """LoRA fine-tune with the task metric scored in the loop; keeps the best adapter."""
     from tunegguf.config.run import load_run_config
     from tunegguf.data import prepare
+    from tunegguf.errors import TuneGGUFError
     from tunegguf.finetune import run
+    from tunegguf.finetune.rundir import RunDir
     from tunegguf.io import locked_directory
     from tunegguf.pipeline.checks import check_before_start
 
+    if resume and overwrite:
+        raise TuneGGUFError("--resume continues the fine-tune in the run directory and --overwrite deletes it; "
+                            "give one of them")
     flags = {"run_dir": ("--run-dir", run_dir)}
     config = load_run_config(config_path, list(overrides), flags=flags)
     check_before_start(config, ["data", "finetune"], flags=flags)
     with locked_directory(Path(config.run_dir), "--run-dir") as root:
+        if resume and not RunDir(root / "finetune").started():
+            click.echo(f"note: --resume: no fine-tune was started in {root / 'finetune'}, so there is nothing "
+                       "to resume; starting from step 0", err=True)
         data = prepare(config.data, root / "data")
         manifest = data.manifest or {}
         result = run(
