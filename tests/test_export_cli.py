@@ -35,7 +35,7 @@ def test_verify_of_random_bytes_is_one_line_and_exit_1(tmp_path):
 def test_user_mistakes_are_one_line_with_exit_2(tmp_path):
     runner = CliRunner()
     result = runner.invoke(export_group, ["run", "--base", "tiny-llama3", "--out", str(tmp_path), "--quants", "Q8_0,Q4_K_Z"])
-    assert result.exit_code == 2 and result.output.startswith("error: unknown quant type 'Q4_K_Z'")
+    assert result.exit_code == 2 and result.output.startswith("error: --quants: export.quants: unknown quant type 'Q4_K_Z'")
     assert len(result.output.strip().splitlines()) == 1
     result = runner.invoke(export_group, ["verify", str(tmp_path / "absent.gguf")])
     assert result.exit_code == 2 and "no such GGUF file" in result.output

@@ -6,12 +6,22 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 from tunegguf.errors import TuneGGUFError, closest
+from tunegguf.processes import pid_alive
+
+# A temporary's name records its writer: `.NAME.PID-RANDOM.tmp`, so a rerun can tell what a
+# killed writer left behind from a file a live process is still writing.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$")
+# The names before the pid was recorded: `.NAME.RANDOM.tmp`.
+_OLD_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def cache_dir() -> Path:
@@ -48,7 +58,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -69,7 +79,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temp directory beside `target`; it replaces `target` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target.name), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         if target.exists():
@@ -78,6 +88,109 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}-"
+
+
+def _stale(name: str, unowned: bool = False) -> bool:
+    """A temporary's name whose writer is gone (`unowned`: or that names no writer)."""
+    match = _TEMPORARY.match(name)
+    if match:
+        return not pid_alive(int(match["pid"]))
+    return unowned and bool(_OLD_TEMPORARY.match(name))
+
+
+@contextlib.contextmanager
+def scratch_dir(name: str, near: Path | None = None) -> Iterator[Path]:
+    """A directory for one child process's files, removed after the block: in `near` (a run's
+    folder) when that is writable, else in the system's temporary directory. Named like
+    atomic_dir's temporaries, so one a killed process left is removed by the next run
+    (`remove_stale_temporaries`) or the next scratch_dir of the same name beside it."""
+    parent = Path(near) if near is not None and os.access(near, os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
+    for old in parent.glob(f".{name}.*.tmp"):
+        match = _TEMPORARY.match(old.name)
+        if match and match["name"] == name and _stale(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=_temporary_prefix(name), suffix=".tmp", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_temporaries(directory: Path, *, unowned: bool = False) -> list[Path]:
+    """Delete, under `directory` (recursively), the temporary files and directories of
+    `atomic_path` / `atomic_dir` whose writing process is gone (killed mid-write: an
+    f16-sized `.model-f16.gguf.PID-x.tmp`); return what was removed. `unowned` also
+    removes temporaries named without a pid (an older tunegguf's): only for a directory
+    whose lock the caller holds, since no writer of those can be told alive."""
+    removed: list[Path] = []
+    for root, dirs, files in os.walk(directory):
+        for name in [d for d in dirs if _stale(d, unowned)]:
+            shutil.rmtree(Path(root) / name, ignore_errors=True)
+            dirs.remove(name)  # nothing to walk in there any more
+            removed.append(Path(root) / name)
+        for name in [f for f in files if _stale(f, unowned)]:
+            (Path(root) / name).unlink(missing_ok=True)
+            removed.append(Path(root) / name)
+    return removed
+
+
+LOCK_FILE = ".tunegguf.lock"
+_LOCKED: set[Path] = set()  # directories this process holds (a nested `locked_directory` is a no-op)
+
+
+@contextlib.contextmanager
+def locked_directory(directory: Path, setting: str = "run_dir") -> Iterator[Path]:
+    """Hold `directory` for this process while the block runs; another tunegguf process
+    that asks for it meanwhile gets one line naming this one (`setting`: how the user
+    chose the directory, for the advice).
+
+    The lock is an flock on DIRECTORY/.tunegguf.lock, which the kernel releases when the
+    process ends however it ends (kill -9 too), so a lock file left behind never blocks;
+    the file records pid, command and start time for the message. Taking the lock also
+    removes what a killed writer left in the directory, older tunegguf's temporaries
+    included: while the lock is held, nobody else writes there.
+    """
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory.resolve()
+    if key in _LOCKED:
+        yield directory
+        return
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuneGGUFError(
+                f"{directory} is in use by another tunegguf process ({_lock_holder(fd)}); wait for it to "
+                f"finish or stop it, or choose another {setting}"
+            ) from None
+        holder = {"pid": os.getpid(), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        _LOCKED.add(key)
+        try:
+            remove_stale_temporaries(directory, unowned=True)
+            yield directory
+        finally:
+            _LOCKED.discard(key)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f"pid {holder['pid']}: {holder['command']}, started {holder['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "pid unknown"
 
 
 def atomic_write_text(target: Path, text: str) -> None:
@@ -123,6 +236,29 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why `path` cannot serve as a directory to write in (checked without creating
+    anything), or None: 'is a file, not a directory', 'is under X, which is a file', ..."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return "is a file, not a directory" if existing == path else f"is under {existing}, which is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+    return None
+
+
+def require_output_dir(path: Path, option: str) -> Path:
+    """`path` when it can be used as an output directory; else one line naming `option`
+    (the flag or setting the user gave it with)."""
+    problem = directory_problem(path)
+    if problem:
+        raise TuneGGUFError(f"{option} {path} {problem}; give a directory path")
+    return Path(path)
 
 
 def require_free_disk(directory: Path, needed_bytes: int, what: str) -> None:

@@ -6,7 +6,6 @@ Parsing and printing only; the work is in `inspect_files` and `prepare`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -63,15 +62,16 @@ def inspect_command(files, text_columns, label_column, label_map, config_path, a
 @data_group.command("prepare")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Run config (YAML).")
 @click.option("--set", "overrides", multiple=True, help="Override a setting, e.g. data.max_train_examples=500.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "out_dir", default=None,
               help="Where the frozen splits go (default: <run_dir>/data).")
 def prepare_command(config_path, overrides, out_dir) -> None:
     """Load, clean, split and freeze the data of a run config; reuse the files when unchanged."""
     from tunegguf.config.run import load_run_config
     from tunegguf.data.prepare import prepare
+    from tunegguf.io import require_output_dir
 
     run_config = load_run_config(config_path, list(overrides))
-    out = Path(out_dir) if out_dir else Path(run_config.run_dir) / "data"
+    out = require_output_dir(out_dir, "--out") if out_dir else require_output_dir(run_config.run_dir, "run_dir") / "data"
     result = prepare(run_config.data, out)
     state = "reused" if result.reused else "written"
     click.echo(f"data {state}: {out}")

@@ -74,7 +74,7 @@ def echo_result(result: Any) -> None:
               help="run.yaml (model, prompt, evaluate settings).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set evaluate.bootstrap=200 (repeatable).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Where the reports go [default: <run_dir>/evaluate].")
 @click.option("--limit", type=int, default=None, help="Score only the first N rows.")
 @click.option("--check", is_flag=True, default=False, help="Exit with status 1 when any GGUF fails parity.")
@@ -103,6 +103,7 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
     from tunegguf.config.run import load_run_config
     from tunegguf.evaluate.inputs import load_examples
     from tunegguf.evaluate.runner import run
+    from tunegguf.io import require_output_dir
 
     # Paths are checked here, not by click: one `error:` line that says what is wrong and what to give.
     require_path(data, "--data", kind="file", fix="give the split to score, e.g. runs/demo/data/test.jsonl")
@@ -111,7 +112,7 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
     if adapter:
         require_path(adapter, "--adapter", kind="directory", fix="give the LoRA adapter directory (with adapter_config.json)")
     config = load_run_config(config_path, list(overrides), flags={"evaluate.limit": ("--limit", limit)})
-    out_dir = Path(out_dir) if out_dir else Path(config.run_dir) / "evaluate"
+    out_dir = require_output_dir(out_dir, "--out") if out_dir else require_output_dir(config.run_dir, "run_dir") / "evaluate"
     gguf_files = gguf_dir_files(gguf_dir) if gguf_dir else {}
     extras = manifest_diagnostics(gguf_dir) if gguf_dir else {"modelfiles": {}, "weight_parity": {}, "adapter_reference": None}
     if stages and extras["adapter_reference"] is None:

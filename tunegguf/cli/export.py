@@ -36,12 +36,17 @@ def run_command(base, adapter, out, quants, labels, imatrix_quants, imatrix_data
     """Export a merged model to verified GGUF files (f16 + each quant), Modelfiles and a manifest."""
     from tunegguf.config.run import load_run_config
     from tunegguf.export.stage import run
+    from tunegguf.io import locked_directory, require_output_dir
+    from tunegguf.pipeline.checks import check_before_start
 
-    config = load_run_config(config_path, list(overrides), flags={
+    flags = {
         "export.quants": ("--quants", comma_list(quants) if quants is not None else None),
         "export.imatrix_quants": ("--imatrix-quants", comma_list(imatrix_quants) if imatrix_quants is not None else None),
         "model.name": ("--base", base),
-    })
+    }
+    config = load_run_config(config_path, list(overrides), flags=flags)
+    check_before_start(config, ["export"], flags=flags, run_dir=out is None)
+    out = require_output_dir(out, "--out") if out is not None else Path(config.run_dir) / "export"
     label_list = comma_list(labels) if labels else None
     calibration = None
     if imatrix_data is not None:
@@ -51,11 +56,12 @@ def run_command(base, adapter, out, quants, labels, imatrix_quants, imatrix_data
             raise TuneGGUFError(f"--imatrix-data {imatrix_data}: expected a prepared split (.jsonl, e.g. "
                                 "runs/<name>/data/train.jsonl); run `tunegguf data prepare` on raw files first")
         calibration = load_split(imatrix_data)
-    result = run(
-        config.export, base_model=config.model.name, adapter_dir=adapter,
-        out_dir=out or Path(config.run_dir) / "export", prompt=config.prompt, labels=label_list,
-        calibration=calibration,
-    )
+    with locked_directory(out, "--out"):
+        result = run(
+            config.export, base_model=config.model.name, adapter_dir=adapter,
+            out_dir=out, prompt=config.prompt, labels=label_list,
+            calibration=calibration,
+        )
     _print_result(result)
     if result.failed:
         raise UserError(f"{len(result.failed)} file(s) failed verification: "

@@ -18,7 +18,7 @@ from tunegguf.cli.common import Command
               help="Run config (YAML); defaults apply to anything it leaves out.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a setting, e.g. --set finetune.max_steps=100 (repeatable).")
-@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--run-dir", default=None,
               help="Where the run writes (default: run_dir from the config).")
 @click.option("--resume", is_flag=True, default=False,
               help="Continue an unfinished fine-tune from its last checkpoint.")
@@ -29,25 +29,37 @@ def finetune_command(config_path: str | None, overrides: tuple[str, ...], run_di
     """LoRA fine-tune with the task metric scored in the loop; keeps the best adapter."""
     from tunegguf.config.run import load_run_config
     from tunegguf.data import prepare
+    from tunegguf.errors import TuneGGUFError
     from tunegguf.finetune import run
+    from tunegguf.finetune.rundir import RunDir
+    from tunegguf.io import locked_directory
+    from tunegguf.pipeline.checks import check_before_start
 
-    config = load_run_config(config_path, list(overrides), flags={"run_dir": ("--run-dir", run_dir)})
-    root = Path(config.run_dir)
-    data = prepare(config.data, root / "data")
-    manifest = data.manifest or {}
-    result = run(
-        config.finetune,
-        model=config.model,
-        prompt=config.prompt,
-        train=data.load("train"),
-        validation=data.load("validation"),
-        labels=list(data.labels),
-        out_dir=root / "finetune",
-        data_fingerprint={"fingerprint": manifest.get("fingerprint"), "splits": manifest.get("splits")},
-        resume=resume,
-        overwrite=overwrite,
-        class_weights=data.class_weights,
-    )
+    if resume and overwrite:
+        raise TuneGGUFError("--resume continues the fine-tune in the run directory and --overwrite deletes it; "
+                            "give one of them")
+    flags = {"run_dir": ("--run-dir", run_dir)}
+    config = load_run_config(config_path, list(overrides), flags=flags)
+    check_before_start(config, ["data", "finetune"], flags=flags)
+    with locked_directory(Path(config.run_dir), "--run-dir") as root:
+        if resume and not RunDir(root / "finetune").started():
+            click.echo(f"note: --resume: no fine-tune was started in {root / 'finetune'}, so there is nothing "
+                       "to resume; starting from step 0", err=True)
+        data = prepare(config.data, root / "data")
+        manifest = data.manifest or {}
+        result = run(
+            config.finetune,
+            model=config.model,
+            prompt=config.prompt,
+            train=data.load("train"),
+            validation=data.load("validation"),
+            labels=list(data.labels),
+            out_dir=root / "finetune",
+            data_fingerprint={"fingerprint": manifest.get("fingerprint"), "splits": manifest.get("splits")},
+            resume=resume,
+            overwrite=overwrite,
+            class_weights=data.class_weights,
+        )
     click.echo(format_result(result))
 
 

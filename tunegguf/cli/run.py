@@ -6,7 +6,7 @@ import json
 
 import click
 
-from tunegguf.cli.common import Command, Group
+from tunegguf.cli.common import Command, Group, UserError
 
 
 @click.command("run", cls=Command)
@@ -25,9 +25,12 @@ def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | Non
     where it stopped when started again with the same command.
     """
     from tunegguf.config.run import load_run_config
+    from tunegguf.pipeline.checks import check_before_start, stages_until
     from tunegguf.pipeline.run import run_pipeline
 
-    config = load_run_config(config_path, list(overrides), flags={"run_dir": ("--run-dir", run_dir)})
+    flags = {"run_dir": ("--run-dir", run_dir)}
+    config = load_run_config(config_path, list(overrides), flags=flags)
+    check_before_start(config, stages_until(until), flags=flags)
     result = run_pipeline(config, from_stage=from_stage, until=until)
     click.echo("")
     if result.report_html is None:
@@ -53,10 +56,16 @@ def config_group() -> None:
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def validate_command(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Check every key and value; print 'ok' or the first problem (with the closest key)."""
+    """Check every key and value, and what the run would refuse later without loading a model
+    (quant types, the model name, data files, target modules); print 'ok' or each problem."""
     from tunegguf.config.run import load_run_config
+    from tunegguf.pipeline.checks import problems_before_start
 
-    load_run_config(config_path, list(overrides))
+    problems = problems_before_start(load_run_config(config_path, list(overrides)))
+    for problem in problems[:-1]:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        raise UserError(problems[-1])
     click.echo(f"{config_path}: ok")
 
 

@@ -83,18 +83,30 @@ def source_fingerprint(source: str, setting: str | None, split_name: str) -> dic
     return {"path": source, "kind": "hub", "split": split_name, "sha256": None}
 
 
+def check_source(source: str, setting: str | None = "train") -> None:
+    """The checks of `load_table` that read nothing: a local file that does not exist or has
+    an unsupported type (a hub name, a directory and 'demo' pass), so a run can refuse a
+    missing file at start-up."""
+    path = Path(source).expanduser()
+    if is_demo(source) or path.is_dir():
+        return
+    if path.is_file():
+        _file_kind(path, setting)
+    elif looks_local(source):
+        missing_file(path, setting)
+
+
 def load_table(source: str, setting: str | None = "train", split_name: str | None = None) -> Table:
     """Read `source` (named in config setting `data.<setting>`; None: named on a command
     line) into a Table. `split_name` picks the split of a DatasetDict or hub dataset."""
     split_name = split_name or setting or "train"
+    check_source(source, setting)
     if is_demo(source):
         return _load_demo()
     path = Path(source).expanduser()
     if path.is_dir():
         table = _load_saved_dataset(path, setting, split_name)
     elif not path.is_file():
-        if looks_local(source):
-            missing_file(path, setting)
         table = _load_hub(source, setting, split_name)
     else:
         kind = _file_kind(path, setting)

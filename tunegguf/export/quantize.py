@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from tunegguf import processes
 from tunegguf.processes import signal_name
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.io import atomic_path, require_free_disk
@@ -81,7 +81,7 @@ def quantize_gguf(src: Path, dst: Path, quant: str, *, src_bits: float = 16, thr
             cmd += ["--threads", str(threads)]
         if imatrix is not None:
             cmd += ["--imatrix", str(imatrix)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        proc = processes.run(cmd, capture_output=True, text=True, errors="replace")
         if proc.returncode != 0:
             raise TuneGGUFError(f"quantizing {src.name} to {quant} failed: {_describe_exit(proc.returncode, proc.stdout + proc.stderr)}")
     return dst

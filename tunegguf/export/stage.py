@@ -25,7 +25,7 @@ from tunegguf.export.imatrix import is_imatrix_label, plain_quant
 from tunegguf.export.manifest import FileEntry, ImatrixEntry, Manifest, checkpoint_sha256, tool_versions
 from tunegguf.export.verify import VerifyResult, verify_files
 from tunegguf.export.weight_parity import WeightParity, base_source_quant, weight_parity
-from tunegguf.io import read_json, sha256_file
+from tunegguf.io import read_json, remove_stale_temporaries, sha256_file
 from tunegguf.prompts.config import PromptConfig
 
 # A classification row for the verification prompt when the caller gives none.
@@ -329,6 +329,7 @@ def run(
     from tunegguf.export.modelfile import stop_tokens, write_modelfile
 
     out_dir = Path(out_dir)
+    remove_stale_temporaries(out_dir)  # a killed export's half-written files (f16-sized)
     adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
     base_dir = local_checkpoint(base_model)
     if adapter_dir is not None and not adapter_dir.is_dir():
@@ -364,7 +365,7 @@ def run(
     manifest = replace(
         Manifest.load(gguf_dir / "manifest.json"),
         base_model=base_model, base_dir=str(base_dir), base_source_quant=source_quant,
-        adapter_dir=str(adapter_dir) if adapter_dir else None, merged_dir=str(merged_dir),
+        adapter_dir=str(adapter_dir.resolve()) if adapter_dir else None, merged_dir=str(Path(merged_dir).resolve()),
         source_sha256=source_sha, source_shards=shard_shas, versions=versions,
         config=to_dict(config), warnings=warnings,
     )

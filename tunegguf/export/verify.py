@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tunegguf.processes import signal_name
+from tunegguf import processes
 from tunegguf.errors import TuneGGUFError
 from tunegguf.export.verify_worker import CHECKS
-from tunegguf.io import read_jsonl, write_json
+from tunegguf.io import read_jsonl, scratch_dir, write_json
+from tunegguf.processes import signal_name
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -107,7 +107,8 @@ class _Batch:
 
 def _run_worker(paths: list[Path], reference: dict[str, Any] | None, prompt_text: str | None, max_tokens: int,
                 threads: int | None, timeout_s: float, extra_bufts: bool) -> _Batch:
-    with tempfile.TemporaryDirectory(prefix="tunegguf-verify-") as tmp:
+    # Beside the files (under the run directory), where a kill's leftovers are cleaned up.
+    with scratch_dir("tunegguf-verify", near=paths[0].parent) as tmp:
         out = Path(tmp) / "checks.jsonl"
         cmd = [sys.executable, "-m", "tunegguf.export.verify_worker", *map(str, paths), "--out", str(out),
                "--max-tokens", str(max_tokens)]
@@ -124,8 +125,8 @@ def _run_worker(paths: list[Path], reference: dict[str, Any] | None, prompt_text
             cmd.append("--no-extra-bufts")
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env,
-                                  timeout=timeout_s * len(paths))
+            proc = processes.run(cmd, capture_output=True, text=True, errors="replace", env=env,
+                                 timeout=timeout_s * len(paths))
             returncode, stderr = proc.returncode, proc.stderr
         except subprocess.TimeoutExpired as exc:
             returncode = None

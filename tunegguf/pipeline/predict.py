@@ -13,7 +13,7 @@ from typing import Sequence
 from tunegguf.config.run import RunConfig, load_run_config
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
-from tunegguf.io import read_json
+from tunegguf.pipeline.stagebook import read_stages
 from tunegguf.prompts import PromptConfig, PromptRenderer, TemplateTokens
 
 
@@ -51,32 +51,38 @@ def predictor_from_run(run_dir: Path, model: str | None = None) -> Predictor:
     if not (run_dir / "config.yaml").is_file():
         raise TuneGGUFError(f"{run_dir} is not a tunegguf run directory (no config.yaml); run `tunegguf run` first")
     config: RunConfig = load_run_config(run_dir / "config.yaml")
-    stages = read_json(run_dir / "stages.json") if (run_dir / "stages.json").is_file() else {}
-    labels = (stages.get("data", {}).get("result") or {}).get("labels")
+    stages = read_stages(run_dir)  # paths resolved against the run directory, wherever we are
+    labels = (stages.get("data") or {}).get("labels")
     if not labels:
         raise TuneGGUFError(f"{run_dir}: the data stage has not finished; run `tunegguf run` first")
-    exported = (stages.get("export", {}).get("result") or {})
-    files = {name: Path(path) for name, path in (exported.get("files") or {}).items()}
-    if model is None:
-        if "Q4_K_M" in files:
-            chosen = files["Q4_K_M"]
-        elif files:
-            chosen = min(files.values(), key=lambda p: p.stat().st_size)
-        elif exported.get("merged_dir"):
-            chosen = Path(exported["merged_dir"])
-        else:
-            raise TuneGGUFError(f"{run_dir}: nothing exported yet; run `tunegguf run` (or give --model)")
-    elif model in files:
-        chosen = files[model]
-    elif Path(model).exists():
-        chosen = Path(model)
-    else:
-        raise TuneGGUFError(
-            f"--model {model!r} is neither a file nor an exported quant{closest(model, files)}; "
-            f"exported: {', '.join(files) or 'none'}"
-        )
+    chosen = _run_model(run_dir, stages.get("export") or {}, model)
     return Predictor(model=chosen, prompt=config.prompt, labels=list(labels), n_threads=config.evaluate.n_threads,
                      n_ctx=config.evaluate.n_ctx, config_path=run_dir / "config.yaml")
+
+
+def _run_model(run_dir: Path, exported: dict, model: str | None) -> Path:
+    """The file or directory `--model` names in a run (a quant name in any case, or a path);
+    without one Q4_K_M, else the smallest exported file, else the merged checkpoint."""
+    files = {name: Path(path) for name, path in (exported.get("files") or {}).items()}
+    present = {name: path for name, path in files.items() if path.is_file()}
+    has = f"the run has {', '.join(present) or 'no GGUF file'}"
+    if model is None:
+        if present:
+            return present.get("Q4_K_M") or min(present.values(), key=lambda p: p.stat().st_size)
+        if files:
+            raise TuneGGUFError(f"{run_dir}: the exported files ({', '.join(files)}) are gone from "
+                                f"{run_dir / 'export'}; run `tunegguf run` again to re-export them")
+        if exported.get("merged_dir") and Path(exported["merged_dir"]).is_dir():
+            return Path(exported["merged_dir"])
+        raise TuneGGUFError(f"{run_dir}: nothing exported yet; run `tunegguf run` (or give --model)")
+    name = next((n for n in files if n.upper() == model.upper()), None)
+    if name is not None and name in present:
+        return present[name]
+    if name is not None:
+        raise TuneGGUFError(f"--model {model}: the file {files[name]} is gone; {has} (run `tunegguf run` again to re-export it)")
+    if Path(model).exists():
+        return Path(model)
+    raise TuneGGUFError(f"--model {model!r} is neither a file nor an exported quant{closest(model, files)}; {has}")
 
 
 def predict(predictor: Predictor, texts: Sequence[str], *, batch_size: int = 16) -> list[Prediction]:

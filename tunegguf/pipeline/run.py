@@ -20,9 +20,10 @@ from tunegguf.config.run import RunConfig
 from tunegguf.config.typed import to_dict, write_yaml
 from tunegguf.console import Log, quiet_third_party, say
 from tunegguf.errors import TuneGGUFError, closest
-from tunegguf.io import read_json, write_json
+from tunegguf.io import locked_directory, write_json
+from tunegguf.pipeline.checks import STAGES, check_before_start, stages_until
+from tunegguf.pipeline.stagebook import StageBook
 
-STAGES = ["data", "finetune", "export", "evaluate"]
 # Which config sections each stage's output depends on (upstream stages chain in too).
 STAGE_INPUTS = {
     "data": ["data"],
@@ -71,52 +72,34 @@ def environment_record(config: RunConfig) -> dict[str, Any]:
     }
 
 
-class _StageBook:
-    """stages.json: what finished, with which fingerprint, and what it produced."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[str, Any] = read_json(path) if path.is_file() else {}
-
-    def done(self, stage: str, fingerprint: str) -> dict | None:
-        entry = self.entries.get(stage)
-        if entry and entry.get("fingerprint") == fingerprint:
-            return entry.get("result")
-        return None
-
-    def record(self, stage: str, fingerprint: str, result: dict, seconds: float) -> None:
-        self.entries[stage] = {"fingerprint": fingerprint, "result": result, "seconds": round(seconds, 1),
-                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(self.path, self.entries)
-
-    def forget_from(self, stage: str) -> None:
-        for later in STAGES[STAGES.index(stage):]:
-            self.entries.pop(later, None)
-        write_json(self.path, self.entries)
-
-
 def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str | None = None,
                  log: Log = say) -> PipelineResult:
     """Run every stage that is not already done for this config; return where things are.
 
     `until` stops after that stage (a notebook runs the chain one cell per stage). Every
-    stage reports through `log`, its lines tagged with the stage's name.
+    stage reports through `log`, its lines tagged with the stage's name. The run directory
+    is locked meanwhile: a second run on it refuses, naming this one.
     """
-    from tunegguf import data as data_stage
-
     quiet_third_party()
+    for flag, value in (("--from", from_stage), ("--until", until)):
+        if value is not None and value not in STAGES:
+            raise TuneGGUFError(f"{flag} {value!r} is not a stage{closest(value, STAGES)}; stages: {', '.join(STAGES)}")
+    check_before_start(config, stages_until(until))  # what would fail after the fine-tune fails now
+    # Taking the lock also removes what a killed run was writing.
+    with locked_directory(Path(config.run_dir)):
+        return _run_stages(config, from_stage=from_stage, until=until, log=log)
+
+
+def _run_stages(config: RunConfig, *, from_stage: str | None, until: str | None, log: Log) -> PipelineResult:
+    from tunegguf import data as data_stage
 
     def stage_log(stage: str) -> Log:
         return lambda line: log(f"[{stage}] {line}")
 
-    for flag, value in (("--from", from_stage), ("--until", until)):
-        if value is not None and value not in STAGES:
-            raise TuneGGUFError(f"{flag} {value!r} is not a stage{closest(value, STAGES)}; stages: {', '.join(STAGES)}")
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", to_dict(config))
     write_json(run_dir / "environment.json", environment_record(config))
-    book = _StageBook(run_dir / "stages.json")
+    book = StageBook(run_dir)
     if from_stage:
         book.forget_from(from_stage)
     prints = stage_fingerprints(config)

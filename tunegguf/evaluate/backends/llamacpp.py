@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tunegguf import processes
 from tunegguf.processes import signal_name
 from tunegguf.errors import TuneGGUFError
 
@@ -112,7 +113,7 @@ class LlamaCppBackend:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
-            self._proc = subprocess.Popen(
+            self._proc = processes.popen(  # dies with this process
                 [sys.executable, "-m", _WORKER_MODULE, str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
