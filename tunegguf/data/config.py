@@ -56,8 +56,9 @@ class DataConfig:
     max_text_length: int | None = 100_000
     """Rows whose text (classification) or instruction + input is longer than this many
     characters are handled by `too_long`; a cheap cap that needs no tokenizer. null: no cap.
-    When the pipeline knows the tokenizer, rows whose rendered prompt is over
-    model.max_seq_length tokens are handled the same way."""
+    A caller with the tokenizer (`prepare(..., length_limit=LengthLimit(...))`) holds rows to
+    model.max_seq_length tokens the same way; `tunegguf run` leaves that to the fine-tune,
+    which drops over-long training rows with a note, and to `evaluate.too_long`."""
 
     too_long: Literal["drop", "truncate", "error"] = "drop"
     """Rows over max_text_length (or model.max_seq_length tokens). drop: leave them out,
