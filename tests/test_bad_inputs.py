@@ -496,6 +496,28 @@ def test_adapter_dir_that_is_a_file(tmp_path):
     _one_line_error(lambda: require_adapter_dir(tmp_path / "nope"), "LoRA adapter directory not found")
 
 
+def test_export_commands_say_a_path_is_the_wrong_kind(tmp_path):
+    """The same class outside evaluate: `export verify DIR`, an imatrix that is a directory."""
+    from tunegguf.cli.export import export_group
+    from tunegguf.export.imatrix import read_imatrix
+
+    result = CliRunner().invoke(export_group, ["verify", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: {tmp_path} is a directory, not a GGUF file; name one .gguf file in it "
+        "(`tunegguf evaluate --gguf-dir` takes a whole export directory)"]
+    _one_line_error(lambda: read_imatrix(tmp_path), "is a directory, not a file")
+
+
+@pytest.mark.slow  # resolves the tiny model first (seconds)
+def test_export_run_with_an_adapter_that_is_a_file(tmp_path):
+    from tunegguf.export import ExportConfig, run
+
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    _one_line_error(lambda: run(ExportConfig(quants=["Q8_0"]), base_model="tiny-llama3",
+                                adapter_dir=tmp_path / "adapter.safetensors", out_dir=tmp_path / "out"),
+                    "adapter.safetensors is a file, not a directory", "adapter_config.json")
+
+
 # ---- #7 over-long rows in evaluate and predict: one limit, counted before any model runs -----
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(3000))  # about 8,000 Llama 3 tokens

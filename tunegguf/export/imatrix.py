@@ -261,6 +261,8 @@ def read_imatrix(path: Path) -> ImportanceMatrix:
     from gguf import GGUFReader
 
     path = Path(path)
+    if path.is_dir():
+        raise TuneGGUFError(f"importance matrix {path} is a directory, not a file; give the imatrix.gguf file")
     if not path.is_file():
         raise TuneGGUFError(f"importance matrix {path} does not exist")
     try:

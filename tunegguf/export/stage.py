@@ -332,6 +332,9 @@ def run(
     remove_stale_temporaries(out_dir)  # a killed export's half-written files (f16-sized)
     adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
     base_dir = local_checkpoint(base_model)
+    if adapter_dir is not None and adapter_dir.exists() and not adapter_dir.is_dir():
+        raise TuneGGUFError(f"adapter directory {adapter_dir} is a file, not a directory; give the directory "
+                            "the fine-tune saved the adapter in (it holds adapter_config.json)")
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise TuneGGUFError(f"adapter directory {adapter_dir} does not exist")
     warnings: list[str] = []

@@ -176,6 +176,9 @@ def verify_files(
     global _HOST_NEEDS_PLAIN_BUFFERS
     paths = [Path(p) for p in paths]
     for path in paths:
+        if path.is_dir():
+            raise TuneGGUFError(f"{path} is a directory, not a GGUF file; name one .gguf file in it "
+                                "(`tunegguf evaluate --gguf-dir` takes a whole export directory)")
         if not path.is_file():
             raise TuneGGUFError(f"{path}: no such GGUF file")
     if hf_dir is not None and not (Path(hf_dir) / "tokenizer_config.json").is_file():
