@@ -25,13 +25,11 @@ def run_command(config_path: str, overrides: tuple[str, ...], run_dir: str | Non
     where it stopped when started again with the same command.
     """
     from tunegguf.config.run import load_run_config
-    from tunegguf.pipeline.checks import check_before_start, stages_until
     from tunegguf.pipeline.run import run_pipeline
 
     flags = {"run_dir": ("--run-dir", run_dir)}
     config = load_run_config(config_path, list(overrides), flags=flags)
-    check_before_start(config, stages_until(until), flags=flags)
-    result = run_pipeline(config, from_stage=from_stage, until=until)
+    result = run_pipeline(config, from_stage=from_stage, until=until, flags=flags)
     click.echo("")
     if result.report_html is None:
         click.echo(f"stopped after {until}; run directory: {result.run_dir}")

@@ -73,18 +73,19 @@ def environment_record(config: RunConfig) -> dict[str, Any]:
 
 
 def run_pipeline(config: RunConfig, *, from_stage: str | None = None, until: str | None = None,
-                 log: Log = say) -> PipelineResult:
+                 log: Log = say, flags: dict[str, tuple[str, Any]] | None = None) -> PipelineResult:
     """Run every stage that is not already done for this config; return where things are.
 
     `until` stops after that stage (a notebook runs the chain one cell per stage). Every
     stage reports through `log`, its lines tagged with the stage's name. The run directory
-    is locked meanwhile: a second run on it refuses, naming this one.
+    is locked meanwhile: a second run on it refuses, naming this one. `flags`: the command
+    flags the config was loaded with, so a start-up problem names the flag that caused it.
     """
     quiet_third_party()
     for flag, value in (("--from", from_stage), ("--until", until)):
         if value is not None and value not in STAGES:
             raise TuneGGUFError(f"{flag} {value!r} is not a stage{closest(value, STAGES)}; stages: {', '.join(STAGES)}")
-    check_before_start(config, stages_until(until))  # what would fail after the fine-tune fails now
+    check_before_start(config, stages_until(until), flags=flags)  # what would fail after the fine-tune fails now
     # Taking the lock also removes what a killed run was writing.
     with locked_directory(Path(config.run_dir)):
         return _run_stages(config, from_stage=from_stage, until=until, log=log)
