@@ -284,3 +284,20 @@ def test_config_checks():
         from_dict(EvaluateConfig, {"modes": []})
     with pytest.raises(TuneGGUFError, match="'labels', 'generate'"):
         from_dict(EvaluateConfig, {"modes": ["label"]})
+
+
+def test_a_killed_evaluations_scratch_is_removed_by_the_next(tmp_path, setup):
+    """The reference log-probs live in a pid-named scratch dir beside the report: one left by
+    a killed evaluation (its process is gone) is removed, and none is left after a run."""
+    import subprocess
+    import sys
+
+    examples, prompts, truth = setup
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "eval" / f".reference-logprobs.{int(dead.stdout)}-abcdefgh.tmp"
+    stale.mkdir(parents=True)
+    (stale / "hf.npy").write_bytes(b"\0" * 64)
+    specs = [ModelSpec("hf", "hf", lambda: FakeBackend("hf", logits_for=logits_fn(truth)))]
+    run_fakes(tmp_path, examples, prompts, specs)
+    assert not stale.exists()
+    assert not list((tmp_path / "eval").glob(".reference-logprobs.*"))

@@ -6,9 +6,8 @@ and only speaks the Backend protocol (tests drive it with fake backends).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,7 +24,7 @@ from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
 from tunegguf.scoring.metrics import collapse_warning
 from tunegguf.evaluate.parity import flipped_examples, prediction_parity, probability_parity, verdict
 from tunegguf.evaluate.scoring import ModelScores, ReferenceLogprobs, score_model
-from tunegguf.io import require_free_disk, require_path
+from tunegguf.io import require_free_disk, require_path, scratch_dir
 from tunegguf.models.adapter import require_adapter_dir
 from tunegguf.prompts.config import PromptConfig
 from tunegguf.prompts.verbalizer import UNPARSED
@@ -245,7 +244,9 @@ def evaluate_backends(
     out_dir.mkdir(parents=True, exist_ok=True)
     labels, words = list(labels), list(words)
     n = len(prompts)
-    scratch = Path(tempfile.mkdtemp(prefix=".reference-logprobs.", dir=out_dir))
+    # Named like the run's other temporaries: one a killed evaluation left is removed by the next.
+    cleanup = contextlib.ExitStack()
+    scratch = cleanup.enter_context(scratch_dir("reference-logprobs", near=out_dir))
     store: dict[str, ReferenceLogprobs] = {}
 
     def write_reference(start: int, rows: np.ndarray) -> None:
@@ -290,7 +291,7 @@ def evaluate_backends(
         for ref in store.values():
             ref.close()
         stages.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        cleanup.close()
 
     report, predictions = build_report(config, examples, labels, words, scored, context or {}, extra_sections,
                                        stage_kl=stage_kl, diagnostics=diagnostics, warnings=warnings)
