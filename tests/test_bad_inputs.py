@@ -508,14 +508,13 @@ def test_export_commands_say_a_path_is_the_wrong_kind(tmp_path):
     _one_line_error(lambda: read_imatrix(tmp_path), "is a directory, not a file")
 
 
-@pytest.mark.slow  # resolves the tiny model first (seconds)
 def test_export_run_with_an_adapter_that_is_a_file(tmp_path):
     from tunegguf.export import ExportConfig, run
 
     (tmp_path / "adapter.safetensors").write_bytes(b"")
     _one_line_error(lambda: run(ExportConfig(quants=["Q8_0"]), base_model="tiny-llama3",
                                 adapter_dir=tmp_path / "adapter.safetensors", out_dir=tmp_path / "out"),
-                    "adapter.safetensors is a file, not a directory", "adapter_config.json")
+                    "LoRA adapter directory is a file, not a directory", "adapter.safetensors", "adapter_config.json")
 
 
 # ---- #7 over-long rows in evaluate and predict: one limit, counted before any model runs -----

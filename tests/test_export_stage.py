@@ -150,6 +150,6 @@ def test_unknown_pre_tokenizer_is_refused_before_writing(altered_pre_tokenizer, 
 def test_unknown_quant_and_missing_adapter_fail_before_any_work(tmp_path):
     with pytest.raises(TuneGGUFError, match="unknown quant type 'Q3_Z'"):
         run(ExportConfig(quants=["Q3_Z"]), base_model="tiny-llama3", adapter_dir=None, out_dir=tmp_path / "out")
-    with pytest.raises(TuneGGUFError, match="adapter directory .*nope does not exist"):
+    with pytest.raises(TuneGGUFError, match="LoRA adapter directory not found: .*nope"):
         run(ExportConfig(quants=["Q8_0"]), base_model="tiny-llama3", adapter_dir=tmp_path / "nope", out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -26,6 +26,7 @@ from tunegguf.export.manifest import FileEntry, ImatrixEntry, Manifest, checkpoi
 from tunegguf.export.verify import VerifyResult, verify_files
 from tunegguf.export.weight_parity import WeightParity, base_source_quant, weight_parity
 from tunegguf.io import read_json, remove_stale_temporaries, sha256_file
+from tunegguf.models.adapter import require_adapter_dir
 from tunegguf.prompts.config import PromptConfig
 
 # A classification row for the verification prompt when the caller gives none.
@@ -330,13 +331,9 @@ def run(
 
     out_dir = Path(out_dir)
     remove_stale_temporaries(out_dir)  # a killed export's half-written files (f16-sized)
-    adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+    # The one adapter check (missing, a file, no adapter_config.json), before the base is resolved.
+    adapter_dir = require_adapter_dir(adapter_dir) if adapter_dir is not None else None
     base_dir = local_checkpoint(base_model)
-    if adapter_dir is not None and adapter_dir.exists() and not adapter_dir.is_dir():
-        raise TuneGGUFError(f"adapter directory {adapter_dir} is a file, not a directory; give the directory "
-                            "the fine-tune saved the adapter in (it holds adapter_config.json)")
-    if adapter_dir is not None and not adapter_dir.is_dir():
-        raise TuneGGUFError(f"adapter directory {adapter_dir} does not exist")
     warnings: list[str] = []
     source_quant = base_source_quant(base_dir)
     if source_quant and source_quant.upper() in quants:
