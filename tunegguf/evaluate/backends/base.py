@@ -7,12 +7,32 @@ The evaluator only calls these verbs, so it never needs to know which runtime it
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 Generation = tuple[str, bool]
 """(text without the stop token, whether generation stopped at EOS/end-of-turn)."""
+
+TOP_K = 5
+"""Ranks kept per generated step: vLLM's GGUF tests accept a first mismatch when each
+model's token is in the other's top 5."""
+
+
+@dataclass
+class TokenGeneration:
+    """One greedy continuation of given token ids (the answers evaluation's unit)."""
+
+    ids: list[int]
+    """Generated ids, without the stop token."""
+    stopped: bool
+    """True when an end-of-turn/EOS token ended it; False when the token budget did."""
+    top_ids: list[list[int]] = field(default_factory=list)
+    """Per step, the `top_k` most likely ids, best first, before that step's token was
+    chosen: len(ids) + 1 lists when stopped (the last ranks the stop token), else len(ids)."""
+    text: str = ""
+    """`ids` decoded, special tokens kept."""
 
 
 @runtime_checkable
@@ -31,6 +51,17 @@ class Backend(Protocol):
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
         """Greedy completion of each prompt: (text without the stop token, stopped at EOS)."""
+
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        """Log-softmax over the whole vocabulary at every answer position, fed exactly these
+        ids (no tokenizing, no BOS added): [len(answer_ids), vocab] float32, where row j is
+        the distribution of answer_ids[j] given prompt_ids + answer_ids[:j]."""
+
+    def generate_ids(
+        self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, top_k: int = TOP_K
+    ) -> list[TokenGeneration]:
+        """Greedy continuation of each id list (first index on ties, as argmax), stopping at
+        an end-of-turn/EOS id or after max_new_tokens, with each step's top_k ids."""
 
     def close(self) -> None:
         """Free the model (and its process)."""
