@@ -101,7 +101,7 @@ def evaluate_command(hf_model, adapter, ggufs, gguf_dir, data, labels, config_pa
 def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, overrides, out_dir, limit,
               stages=False, servers=()):
     from tunegguf.config.run import load_run_config
-    from tunegguf.evaluate.inputs import load_examples
+    from tunegguf.evaluate.inputs import answers_checkable, load_examples, split_file_of
     from tunegguf.evaluate.runner import run
     from tunegguf.io import require_output_dir
 
@@ -139,6 +139,7 @@ def _evaluate(hf_model, adapter, ggufs, gguf_dir, data, labels, config_path, ove
         modelfiles=extras["modelfiles"],
         weight_parity=extras["weight_parity"] or None,
         servers=_parse_servers(servers),
+        checkable=answers_checkable(split_file_of(data, out_dir, config.evaluate.split)),
     )
 
 

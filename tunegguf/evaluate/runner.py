@@ -22,52 +22,13 @@ from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.lengths import PromptLimit, fit_to_limit, row_name
 from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
 from tunegguf.scoring.metrics import collapse_warning
+from tunegguf.evaluate.result import ADAPTER_NAME, REFERENCE, EvaluateResult, ModelSpec
 from tunegguf.evaluate.parity import flipped_examples, prediction_parity, probability_parity, verdict
 from tunegguf.evaluate.scoring import ModelScores, ReferenceLogprobs, score_model
 from tunegguf.io import require_free_disk, require_path, scratch_dir
 from tunegguf.models.adapter import require_adapter_dir
 from tunegguf.prompts.config import PromptConfig
 from tunegguf.prompts.verbalizer import UNPARSED
-
-REFERENCE = "hf"
-ADAPTER_NAME = "hf+adapter"
-"""The name of the unmerged base + adapter model (ModelKind.HF_ADAPTER) in reports."""
-
-
-@dataclass
-class ModelSpec:
-    """A model to score: how to open its backend, and what it is."""
-
-    name: str
-    kind: ModelKind
-    """HF (the reference, scored first), GGUF, or HF_ADAPTER (the unmerged base + adapter,
-    scored before HF for stage attribution only; no verdict)."""
-    open: Callable[[], Backend]
-    file: Path | None = None
-
-    @classmethod
-    def of(cls, spec: BackendSpec, options: BackendOptions) -> "ModelSpec":
-        """The model `spec` names, opened by `open_backend` when it is scored."""
-        return cls(spec.name, spec.kind, lambda: open_backend(spec, options), file=spec.file)
-
-
-@dataclass
-class EvaluateResult:
-    out_dir: Path
-    report_json: Path
-    report_md: Path
-    report_html: Path
-    predictions: Path
-    verdicts: dict[str, dict[str, Any]]
-    """Per GGUF: holds (bool), reasons (list of str), summary (one line)."""
-    metrics: dict[str, dict[str, Any]]
-    """Per model, per mode ("labels", "generate"): the metrics in report.json."""
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def all_hold(self) -> bool:
-        return bool(self.verdicts) and all(v["holds"] for v in self.verdicts.values())
-
 
 # ---- input checks ---------------------------------------------------------------------
 
@@ -119,6 +80,21 @@ def select_gguf_files(gguf_files: dict[str, Path] | None, quants: Sequence[str])
 # ---- the stage ------------------------------------------------------------------------
 
 
+def task_of(examples: Sequence[Example]) -> str:
+    """"classification" when every row is a labelled text, "answers" when none is (instruction
+    and chat rows: the reference is the answer text). A mix is an error naming the first odd row."""
+    if not examples:
+        raise TuneGGUFError("the split to evaluate has no rows")
+    first_kind = examples[0].is_classification
+    for index, example in enumerate(examples):
+        if example.is_classification != first_kind:
+            raise TuneGGUFError(
+                f"{row_name(index, example)}: mixes {'a text' if example.is_classification else 'an answer'} row "
+                f"into {'answer' if not first_kind else 'classification'} rows; evaluate one task per split"
+            )
+    return "classification" if first_kind else "answers"
+
+
 def run(
     config: EvaluateConfig,
     *,
@@ -134,9 +110,13 @@ def run(
     modelfiles: dict[str, Path] | None = None,
     weight_parity: dict[str, dict[str, Any]] | None = None,
     servers: dict[str, str] | None = None,
+    checkable: bool = False,
 ) -> EvaluateResult:
     """Score the HF model (plus adapter) and each GGUF on `examples`; write the reports.
 
+    The task follows the rows: labelled texts are scored as classification (label-token
+    probabilities, greedy labels); instruction and chat rows as answers (teacher-forced
+    log-probs on the reference answer and greedy answers, evaluate.answers).
     adapter_reference: (base model, LoRA adapter dir) scored unmerged before the HF model,
     so the report's stage table can blame "merge" separately from conversion/quantization.
     modelfiles: Ollama Modelfile per GGUF name (checked against the training prompt).
@@ -144,10 +124,19 @@ def run(
     report.json; the recommendation never picks a file that erases the fine-tune).
     servers: name -> URL of running OpenAI-compatible llama.cpp servers, scored like a GGUF
     (label log-probs from the server's top-k), so the report covers the server you deploy.
+    checkable: answers only; the reference answers are exact (the demo's arithmetic, word
+    reversal...), so exact match against them is reported.
     """
     quiet_third_party()
     labels = list(labels)
-    examples = check_examples(examples, labels)[: config.limit]
+    task = task_of(examples)
+    if task == "classification":
+        examples = check_examples(examples, labels)[: config.limit]
+    else:
+        examples = check_answer_examples(examples)[: config.limit]
+        labels = []
+        if servers:
+            raise TuneGGUFError("--server scores classification rows only; answers parity needs the GGUF files")
     files = select_gguf_files(gguf_files, config.quants)
     for adapter in (adapter_dir, adapter_reference[1] if adapter_reference else None):
         if adapter is not None:
@@ -166,11 +155,16 @@ def run(
     except OSError as exc:
         raise describe_hub_error(resolved.name, exc) from None
     renderer = PromptRenderer(prompt, TemplateTokens.from_hf_tokenizer(tokenizer), labels)
-    prompts = [renderer.render(example).prompt for example in examples]
-    # Counted once, here: no model (the HF pass included) ever sees a row over the context.
-    fitted = fit_to_limit(examples, prompts, count=lambda texts: [len(ids) for ids in encode_prompts(tokenizer, texts)],
-                          render=lambda example: renderer.render(example).prompt, limit=PromptLimit.of(config),
-                          policy=config.too_long)
+    rendered = [renderer.render(example) for example in examples]
+    prompts = [r.prompt for r in rendered]
+    if task == "answers":
+        fitted = _fit_answers(config, examples, rendered, lambda texts: encode_prompts(tokenizer, texts))
+    else:
+        # Counted once, here: no model (the HF pass included) ever sees a row over the context.
+        fitted = fit_to_limit(examples, prompts,
+                              count=lambda texts: [len(ids) for ids in encode_prompts(tokenizer, texts)],
+                              render=lambda example: renderer.render(example).prompt, limit=PromptLimit.of(config),
+                              policy=config.too_long)
     examples, prompts = fitted.examples, fitted.prompts
 
     specs: list[BackendSpec] = []
@@ -195,6 +189,16 @@ def run(
         from tunegguf.evaluate.template_checks import template_checks_for_run
 
         checks = template_checks_for_run(resolved.path, files, modelfiles or {}, prompt, labels, examples[0])
+    diagnostics = {"templates": checks, "weight_parity": weight_parity, "too_long": fitted.report}
+    if task == "answers":
+        from tunegguf.evaluate.answers.run import evaluate_answers
+
+        return evaluate_answers(
+            config, examples=examples, prompts=prompts, targets=fitted.targets, prompt_ids=fitted.prompt_ids,
+            answer_ids=fitted.answer_ids, models=models, out_dir=Path(out_dir), context=context,
+            extra_sections=extra_sections, diagnostics=diagnostics, warnings=fitted.warnings,
+            checkable=checkable, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
+        )
     return evaluate_backends(
         config,
         examples=examples,
@@ -205,8 +209,81 @@ def run(
         out_dir=Path(out_dir),
         extra_sections=extra_sections,
         context=context,
-        diagnostics={"templates": checks, "weight_parity": weight_parity, "too_long": fitted.report},
+        diagnostics=diagnostics,
         warnings=fitted.warnings,
+    )
+
+
+def check_answer_examples(examples: Sequence[Example]) -> list[Example]:
+    """Every answer row needs its reference answer and a unique id (one-line errors)."""
+    seen: set[str] = set()
+    for index, example in enumerate(examples):
+        where = row_name(index, example)
+        has_answer = (example.output is not None and example.output.strip()) if not getattr(example, "is_chat", False) \
+            else any(m.get("role") == "assistant" for m in example.messages or [])
+        if not has_answer:
+            raise TuneGGUFError(f"{where}: has no reference answer (output or a last assistant turn); "
+                                "every evaluated row needs one")
+        if example.id in seen:
+            raise TuneGGUFError(f"{where}: the id is used twice; ids pair the answers of the models")
+        seen.add(example.id)
+    return list(examples)
+
+
+@dataclass
+class FittedAnswers:
+    """The answer rows every model scores, with the token ids all of them are fed."""
+
+    examples: list[Example]
+    prompts: list[str]
+    targets: list[str]
+    prompt_ids: list[list[int]]
+    answer_ids: list[list[int]]
+    report: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fit_answers(config: EvaluateConfig, examples: Sequence[Example], rendered: Sequence[Any],
+                 encode: Callable[[Sequence[str]], list[list[int]]]) -> FittedAnswers:
+    """Token ids of each prompt and reference answer, by the HF tokenizer, fed as they are to
+    every runtime; rows over evaluate.n_ctx (prompt + the longer of the answer and
+    evaluate.answers.max_new_tokens) are dropped or refused per evaluate.too_long."""
+    prompts = [r.prompt for r in rendered]
+    targets = [r.target for r in rendered]
+    prompt_ids = encode(prompts)
+    full_ids = encode([p + t for p, t in zip(prompts, targets)])
+    budget = config.answers.max_new_tokens
+    answer_ids, need = [], []
+    for index, (example, p, full) in enumerate(zip(examples, prompt_ids, full_ids)):
+        if full[: len(p)] != p or len(full) == len(p):
+            raise TuneGGUFError(
+                f"{row_name(index, example)}: the answer's first token merges with the end of the prompt, so the "
+                "answer's tokens cannot be told apart; end the prompt template with a newline"
+            )
+        answer_ids.append(full[len(p):])
+        need.append(len(p) + max(len(full) - len(p), budget))
+    setting = f"evaluate.n_ctx={config.n_ctx} for prompt + answer (or evaluate.answers.max_new_tokens={budget})"
+    over = [i for i, tokens in enumerate(need) if tokens > config.n_ctx]
+    report: dict[str, Any] = {"limit": config.n_ctx, "setting": setting, "policy": config.too_long,
+                              "dropped": [], "truncated": []}
+    warnings: list[str] = []
+    if over:
+        first = over[0]
+        if config.too_long != "drop":
+            why = "" if config.too_long == "error" else " (truncate cannot cut an answer row; use drop)"
+            raise TuneGGUFError(f"{row_name(first, examples[first])}: needs {need[first]:,} tokens, over {setting}"
+                                f"{why}; raise evaluate.n_ctx, shorten the row, or set evaluate.too_long: drop")
+        if len(over) == len(need):
+            raise TuneGGUFError(f"all {len(need)} rows are over {setting}; raise evaluate.n_ctx")
+        report["dropped"] = [{"id": examples[i].id, "row": i + 1, "tokens": need[i]} for i in over]
+        ids = ", ".join(repr(examples[i].id) for i in over[:5]) + (", ..." if len(over) > 5 else "")
+        warnings.append(f"{len(over)} of {len(need)} rows are over {setting} and were left out for every model: "
+                        f"ids {ids}")
+    keep = [i for i in range(len(need)) if i not in set(over)]
+    return FittedAnswers(
+        examples=[examples[i] for i in keep], prompts=[prompts[i] for i in keep], targets=[targets[i] for i in keep],
+        prompt_ids=[prompt_ids[i] for i in keep], answer_ids=[answer_ids[i] for i in keep],
+        report=report, warnings=warnings,
     )
 
 

@@ -208,6 +208,7 @@ def _run_stages(config: RunConfig, *, from_stage: str | None, until: str | None,
             # The chain base+adapter -> merged -> f16 -> quants shows which step lost accuracy.
             adapter_reference=(config.model.name, Path(finetuned["adapter_dir"])),
             modelfiles=diagnostics["modelfiles"], weight_parity=diagnostics["weight_parity"],
+            checkable=bool((prepared.manifest or {}).get("answers_checkable", False)),
         )
         evaluated = {
             "report_json": str(report.report_json), "report_md": str(report.report_md),

@@ -1,0 +1,48 @@
+"""What an evaluation scores and returns, shared by the classification and answers tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tunegguf.evaluate.backends import Backend, BackendOptions, BackendSpec, ModelKind, open_backend
+
+REFERENCE = "hf"
+ADAPTER_NAME = "hf+adapter"
+"""The name of the unmerged base + adapter model (ModelKind.HF_ADAPTER) in reports."""
+
+
+@dataclass
+class ModelSpec:
+    """A model to score: how to open its backend, and what it is."""
+
+    name: str
+    kind: ModelKind
+    """HF (the reference, scored first), GGUF, or HF_ADAPTER (the unmerged base + adapter,
+    scored before HF for stage attribution only; no verdict)."""
+    open: Callable[[], Backend]
+    file: Path | None = None
+
+    @classmethod
+    def of(cls, spec: BackendSpec, options: BackendOptions) -> "ModelSpec":
+        """The model `spec` names, opened by `open_backend` when it is scored."""
+        return cls(spec.name, spec.kind, lambda: open_backend(spec, options), file=spec.file)
+
+
+@dataclass
+class EvaluateResult:
+    out_dir: Path
+    report_json: Path
+    report_md: Path
+    report_html: Path
+    predictions: Path
+    verdicts: dict[str, dict[str, Any]]
+    """Per GGUF: holds (bool), reasons (list of str), summary (one line)."""
+    metrics: dict[str, dict[str, Any]]
+    """Per model, per mode ("labels", "generate"): the metrics in report.json."""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def all_hold(self) -> bool:
+        return bool(self.verdicts) and all(v["holds"] for v in self.verdicts.values())
