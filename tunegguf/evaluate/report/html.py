@@ -40,7 +40,7 @@ EXAMPLES_SHOWN = 300
 """Rows of the side-by-side view: a few hundred stay responsive in a browser; report.json has all."""
 
 
-def _template_text(name: str = "report.html.j2") -> str:
+def _template_text(name: str) -> str:
     return resources.files("tunegguf.evaluate.report").joinpath(f"templates/{name}").read_text("utf-8")
 
 
@@ -69,10 +69,6 @@ def render_html(report: dict[str, Any], predictions: list[dict[str, Any]]) -> st
         for name, block in report["parity"].items()
         for mode, stats in block.get("modes", {}).items()
     ]
-    # Optional sections reach the template as plain values: StrictUndefined would turn a key
-    # missing from a section that could not run (template checks, stages) into a crash.
-    stages = report.get("stages") or {}
-    recommendation = report.get("recommendation") or {}
     verdicts = [
         (name, v["holds"], verdict_line(name, report).lstrip("- ").replace("**", ""))
         for name, v in report["verdicts"].items()
@@ -89,18 +85,9 @@ def render_html(report: dict[str, Any], predictions: list[dict[str, Any]]) -> st
         flips=flips,
         limit=limit,
         speed=speed_table(report),
-        stage_summary=stages.get("summary") or "",
-        stage_mode=stages.get("mode") or report.get("primary_mode"),
-        stage_rows=stages_table(report),
-        checks=template_checks_head(report),
-        check_rows=template_checks_table(report),
-        recommendation={"choice": recommendation.get("choice"), "reason": recommendation.get("reason") or ""},
-        recommendation_rows=recommendation_table(report),
-        imatrix_rows=imatrix_table(report),
-        weight_rows=weight_parity_table(report),
         plots=all_plots(report, predictions) if report["config"].get("plots", True) else [],
-        extra=[(title, section_tables(value)) for title, value in report["extra_sections"].items()],
         config_json=json.dumps({"evaluate": report["config"], "context": report["context"]}, indent=2, default=str),
+        **_diagnostics(report),
     )
 
 
@@ -108,7 +95,7 @@ def render_html(report: dict[str, Any], predictions: list[dict[str, Any]]) -> st
 
 
 def _diagnostics(report: dict[str, Any]) -> dict[str, Any]:
-    """The sections both tasks share, as plain values (StrictUndefined would turn a key missing
+    """The sections both tasks' templates share, as plain values (StrictUndefined would turn a key missing
     from a section that could not run into a crash)."""
     stages = report.get("stages") or {}
     recommendation = report.get("recommendation") or {}
