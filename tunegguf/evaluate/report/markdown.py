@@ -21,6 +21,12 @@ from tunegguf.evaluate.report.tables import (
     section_tables,
     speed_table,
     summary_table,
+    answers_speed_table,
+    answers_table,
+    answers_thresholds,
+    first_divergence_table,
+    is_answers,
+    kl_by_position_table,
 )
 
 
@@ -61,6 +67,8 @@ def verdict_line(name: str, report: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    if is_answers(report):
+        return render_answers_markdown(report)
     cfg = report["config"]
     out = [
         "# Parity report: Transformers vs GGUF\n",
@@ -113,9 +121,10 @@ def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
     out: list[str] = []
     stages = report.get("stages") or {}
     if stages.get("steps"):
+        where = ("at every reference answer token" if is_answers(report) else "at the answer position")
         out += ["## Where did the difference come from?\n",
-                f"Each step compared with the model it was made from ({stages['mode']} predictions; "
-                "KL over the whole vocabulary at the answer position). {}.\n".format(_text(stages["summary"])),
+                f"Each step compared with the model it was made from ({stages.get('mode')} predictions; "
+                f"KL over the whole vocabulary {where}). {_text(stages.get('summary', ''))}.\n",
                 md_table(stages_table(report))]
     checks = template_checks_head(report)
     if checks:
@@ -139,3 +148,72 @@ def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
         out += ["## Importance matrix\n", "The same quant type without and with an importance matrix collected "
                 "from the training prompts (plain → imatrix).\n", md_table(imatrix_rows)]
     return out
+
+
+# ---- answers ------------------------------------------------------------------------------
+
+
+def answers_verdict_line(name: str, report: dict[str, Any]) -> str:
+    """One line per GGUF for free-text answers: the verdict and the numbers it was judged on."""
+    v = report["verdicts"][name]
+    block = report["answers"].get(name) or {}
+    tf, greedy = block.get("teacher_forced") or {}, block.get("greedy") or {}
+    facts = [megabytes(block.get("size_bytes"))]
+    if tf:
+        facts += [f"mean KL {fmt((tf.get('kl') or {}).get('mean'))}", f"same top {pct((tf.get('same_top') or {}).get('rate'))}"]
+    if greedy:
+        facts += [f"greedy identical {pct(greedy.get('identical_rate'))}", f"stop agreement {pct(greedy.get('stop_agreement'))}"]
+    head = f"- **{name}** ({', '.join(facts)}): **{'parity holds' if v['holds'] else 'parity fails'}**"
+    if v.get("reasons"):
+        head += " — " + "; ".join(v["reasons"])
+    return head
+
+
+def answers_thresholds_line(report: dict[str, Any]) -> str:
+    t = answers_thresholds(report["config"])
+    parts = [(f"mean KL ≤ {t['max_mean_kl']}" if "max_mean_kl" in t else None),
+             (f"p99 KL ≤ {t['max_p99_kl']}" if "max_p99_kl" in t else None),
+             (f"same top ≥ {pct(t['min_same_top'])}" if "min_same_top" in t else None),
+             (f"greedy match (identical or top-5 tolerated) ≥ {pct(t['min_greedy_match'])}" if "min_greedy_match" in t else None),
+             (f"stop agreement ≥ {pct(t['min_stop_agreement'])}" if "min_stop_agreement" in t else None)]
+    budget = f" Greedy answers up to {t['max_new_tokens']} new tokens." if "max_new_tokens" in t else ""
+    parts = [p for p in parts if p]
+    return (f"Thresholds: {', '.join(parts)}." if parts else "") + budget
+
+
+def answers_head(report: dict[str, Any]) -> str:
+    store = report.get("reference_store") or {}
+    how = ("exact, memory-mapped" if store.get("exact") else str(store.get("kind", "–"))) if store else "–"
+    return (f"{report['n_examples']} examples · {report['n_answer_tokens']} reference answer tokens · HF reference "
+            f"distributions: {how}, {megabytes(store.get('bytes'))} on disk · tunegguf {report['tunegguf_version']} · "
+            f"{report['created']}")
+
+
+def render_answers_markdown(report: dict[str, Any]) -> str:
+    out = ["# Parity report: Transformers vs GGUF (answers)\n", answers_head(report) + "\n",
+           answers_thresholds_line(report) + "\n", "## Verdicts\n"]
+    out += [answers_verdict_line(name, report) for name in report["verdicts"]] or ["_(no GGUF files compared)_"]
+    out += ["", "## Parity of the answers\n",
+            "KL(HF‖GGUF), same top and Δp of the reference token are teacher-forced on the reference answers "
+            "(the statistics `llama-perplexity --kl-divergence` prints); the greedy columns compare each GGUF's own "
+            "answer with HF's. The HF rows give the reference metrics the GGUFs' are set beside.\n",
+            md_table(answers_table(report))]
+    out += ["## KL by position in the answer\n", "Mean (p90) KL per band of answer-token positions.\n",
+            md_table(kl_by_position_table(report))]
+    fd = first_divergence_table(report)
+    if fd[1]:
+        out += ["## Where the greedy answers first diverge\n", "Rows per band of the first token where the GGUF's "
+                "greedy answer departs from HF's.\n", md_table(fd)]
+    out += diagnostics_markdown(report)
+    out += ["## Speed\n", md_table(answers_speed_table(report))]
+    n_shown = len(report.get("examples") or [])
+    out.append(f"Per-example answers ({n_shown} rows): report.html shows them side by side; report.json and "
+               "predictions.jsonl hold all.\n")
+    if report["warnings"]:
+        out.append("## Warnings\n")
+        out += [f"- {_text(w)}" for w in report["warnings"]] + [""]
+    for title, value in report["extra_sections"].items():
+        out.append(f"## {_text(title)}\n")
+        for subtitle, table in section_tables(value):
+            out += ([f"**{_text(subtitle)}**\n"] if subtitle else []) + [md_table(table)]
+    return "\n".join(out).rstrip() + "\n"

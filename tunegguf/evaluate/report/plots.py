@@ -182,3 +182,56 @@ def all_plots(report: dict[str, Any], predictions: list[dict[str, Any]]) -> list
         ("Weight-space parity per layer", weight_parity_layers(report)),
     ]
     return [(title, png) for title, png in figures if png]
+
+
+# ---- answers ------------------------------------------------------------------------------
+
+
+def kl_by_position(report: dict[str, Any]) -> str | None:
+    """Mean KL (solid) and p90 (dotted) per band of answer-token positions, one colour per GGUF."""
+    series = [(name, block["teacher_forced"]["kl_by_position"]) for name, block in report["answers"].items()
+              if (block.get("teacher_forced") or {}).get("kl_by_position")]
+    if not series:
+        return None
+    fig = _figure(6.4, 3.2)
+    ax = fig.subplots()
+    for k, (name, bands) in enumerate(series):
+        colour = f"C{k}"
+        xs = [(b["from"] + b["to"]) / 2 for b in bands]
+        # Log scale: an f16 file's 1e-5 and a 2-bit file's 0.3 belong on one axis; 0 would vanish.
+        ax.plot(xs, [max(b["mean"], 1e-9) for b in bands], marker="o", color=colour, label=f"{name} mean")
+        ax.plot(xs, [max(b["p90"], 1e-9) for b in bands], ls=":", color=colour, label=f"{name} p90")
+    ax.set_yscale("log")
+    ax.set_xlabel("position in the reference answer (tokens)")
+    ax.set_ylabel("KL(HF || GGUF)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("KL by position in the answer", fontsize=10)
+    return _png(fig)
+
+
+def first_divergence(report: dict[str, Any]) -> str | None:
+    """Rows per band of the first token where each GGUF's greedy answer departs from HF's."""
+    series = [(name, block["greedy"]["first_divergence"]["histogram"]) for name, block in report["answers"].items()
+              if ((block.get("greedy") or {}).get("first_divergence") or {}).get("histogram")]
+    if not series:
+        return None
+    bins = sorted({(b["from"], b["to"]) for _, hist in series for b in hist})
+    fig = _figure(max(4.0, 0.7 * len(bins) + 2.0), 3.0)
+    ax = fig.subplots()
+    width = 0.8 / len(series)
+    for k, (name, hist) in enumerate(series):
+        counts = {(b["from"], b["to"]): b["n"] for b in hist}
+        ax.bar(np.arange(len(bins)) + k * width - 0.4 + width / 2, [counts.get(b, 0) for b in bins], width, label=name)
+    ax.set_xticks(range(len(bins)), [f"{lo}–{hi}" for lo, hi in bins])
+    ax.set_xlabel("first divergent token")
+    ax.set_ylabel("rows")
+    ax.legend(fontsize=7)
+    ax.set_title("where greedy answers first diverge from HF", fontsize=10)
+    return _png(fig)
+
+
+def answers_plots(report: dict[str, Any]) -> list[tuple[str, str]]:
+    figures = [("KL by position in the answer", kl_by_position(report)),
+               ("First divergence of the greedy answers", first_divergence(report)),
+               ("Weight-space parity per layer", weight_parity_layers(report))]
+    return [(title, png) for title, png in figures if png]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tunegguf.evaluate.recommend import Recommendation
+from tunegguf.evaluate.recommend import LadderRow, Recommendation
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -190,22 +190,28 @@ def section_tables(value: Any) -> list[tuple[str | None, Table]]:
 
 
 def stages_table(report: dict[str, Any]) -> Table:
-    """One row per adjacent pair of the export chain (adapter -> HF -> f16 -> quants)."""
+    """One row per adjacent pair of the export chain (adapter -> HF -> f16 -> quants).
+
+    For answers the same columns hold greedy agreement, exact match vs the reference and KL
+    over every answer token; a key a step could not measure shows as "–"."""
     stages = report.get("stages") or {}
     top = stages.get("largest_loss") or {}
     largest = top.get("child")
     # No step lost accuracy: the row is only the largest divergence, not a loss.
-    marker = " ← largest loss" if (top.get("accuracy_difference") or {}).get("value", 0) > 0 else " ← largest KL"
+    marker = " ← largest loss" if ((top.get("accuracy_difference") or {}).get("value") or 0) > 0 else " ← largest KL"
     rows = []
     for s in stages.get("steps", []):
-        diff = s["accuracy_difference"]
+        diff = s.get("accuracy_difference") or {}
         ci = diff.get("ci")
-        diff_text = "–" if diff["value"] is None else (
+        diff_text = "–" if diff.get("value") is None else (
             f"{100 * diff['value']:+.1f} pts" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
         )
         step = s["step"] + (marker if s["child"] == largest else "")
-        rows.append([step, f"{s['parent']} → {s['child']}", pct(s["agreement"]), pct(s["accuracy_parent"]),
-                     pct(s["accuracy_child"]), diff_text, fmt(s["mean_kl"]), pct(s["top1_agreement"])])
+        rows.append([step, f"{s['parent']} → {s['child']}", pct(s.get("agreement")), pct(s.get("accuracy_parent")),
+                     pct(s.get("accuracy_child")), diff_text, fmt(s.get("mean_kl")), pct(s.get("top1_agreement"))])
+    if is_answers(report):
+        return ["step", "pair", "greedy agreement", "exact before", "exact after", "exact lost [95% CI]",
+                "mean KL (answer tokens)", "same top"], rows
     return ["step", "pair", "agreement", "accuracy before", "accuracy after", "accuracy lost [95% CI]",
             "mean KL (next token)", "top-1"], rows
 
@@ -293,4 +299,135 @@ def ladder_table(rec: Recommendation) -> Table:
 
 
 def recommendation_table(report: dict[str, Any]) -> Table:
-    return ladder_table(Recommendation.from_dict(report.get("recommendation") or {}))
+    rec = dict(report.get("recommendation") or {})
+    # Keys the ladder row does not know (an answers recommendation may carry more) are
+    # left to report.json instead of failing the whole report.
+    known = set(LadderRow.__dataclass_fields__)
+    rec["rows"] = [{k: r.get(k) for k in known if k != "reasons"} | {"reasons": r.get("reasons") or []}
+                   for r in rec.get("rows", [])]
+    return ladder_table(Recommendation.from_dict(rec))
+
+
+# ---- answers (free-text generation): report["task"] == "answers" --------------------------
+
+
+def is_answers(report: dict[str, Any]) -> bool:
+    """Reports written before the task seam have no "task": they are classification reports."""
+    return report.get("task", "classification") == "answers"
+
+
+def answers_thresholds(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The answers thresholds, nested (config["answers"]) or flat (config["answer_*"])."""
+    nested = cfg.get("answers")
+    if isinstance(nested, dict):
+        return nested
+    return {k[len("answer_"):]: v for k, v in cfg.items() if k.startswith("answer_")}
+
+
+def reference_names(report: dict[str, Any]) -> list[str]:
+    """The models the GGUFs are compared with and judged against the reference (HF, adapter)."""
+    return [name for name, m in report["models"].items() if m.get("kind") != "gguf" and name not in report["answers"]]
+
+
+def _ratio_ci(value: Any, ci: list[float] | None) -> str:
+    # Four decimals, not significant digits: an f16 file's 1.0001 must not print as "1".
+    if value is None:
+        return "–"
+    return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def _kl_ci(kl: dict[str, Any]) -> str:
+    ci = kl.get("mean_ci")
+    return "–" if kl.get("mean") is None else fmt(kl["mean"]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+
+
+ANSWERS_COLUMNS = ["model", "size", "mean KL [95% CI]", "p99 KL", "max KL", "same top", "Δp RMS",
+                   "PPL ratio [95% CI]", "greedy identical", "greedy tolerated", "median first divergence",
+                   "stop agreement", "length ratio", "exact vs reference", "chrF", "flips HF/GGUF (McNemar p)",
+                   "token-id mismatches"]
+
+
+def answers_table(report: dict[str, Any]) -> Table:
+    """One row per GGUF (HF's own rows first, with only the reference metrics: a GGUF is
+    compared with it, so its KL and greedy columns would be zero by definition)."""
+    rows = []
+    for name in reference_names(report):
+        model = report["models"][name]
+        m = model.get("metrics") or {}
+        if model.get("status") != "ok":
+            rows.append([name, megabytes(model.get("size_bytes")), f"failed: {model.get('error')}"] + ["–"] * 14)
+            continue
+        rows.append([name, megabytes(model.get("size_bytes"))] + ["–"] * 5 + [f"PPL {fmt(m.get('perplexity'))}"]
+                    + ["–"] * 3 + [f"stopped {pct(m.get('stopped_at_eos_rate'))}", "–",
+                                   pct(m.get("exact_match")), fmt(m.get("chrf"), 3), "–", "–"])
+    for name, block in report["answers"].items():
+        model = report["models"].get(name) or {}
+        size = megabytes(block.get("size_bytes", model.get("size_bytes")))
+        if block.get("error") or model.get("status") == "failed":
+            rows.append([name, size, f"failed: {block.get('error') or model.get('error')}"] + ["–"] * 14)
+            continue
+        tf, greedy = block.get("teacher_forced") or {}, block.get("greedy") or {}
+        kl, top, dp, ppl = tf.get("kl") or {}, tf.get("same_top") or {}, tf.get("delta_p") or {}, tf.get("perplexity") or {}
+        first = greedy.get("first_divergence") or {}
+        ref = greedy.get("vs_reference") or {}
+        flips = ref.get("flips") or {}
+        tokens = block.get("tokenizer") or {}
+        diverged = first.get("n_diverged")
+        if diverged == 0:
+            median = "none diverged"
+        else:
+            median = "–" if first.get("median") is None else f"token {fmt(first['median'], 3)}"
+            median += f" ({diverged} rows)" if diverged is not None else ""
+        rows.append([
+            name, size, _kl_ci(kl), fmt(kl.get("p99")), fmt(kl.get("max")), pct_ci(top.get("rate"), top.get("ci")),
+            fmt(dp.get("rms")), _ratio_ci(ppl.get("ratio"), ppl.get("ratio_ci")),
+            pct_ci(greedy.get("identical_rate"), greedy.get("identical_ci")),
+            pct_ci(greedy.get("tolerated_rate"), greedy.get("tolerated_ci")), median,
+            pct(greedy.get("stop_agreement")),
+            "–" if greedy.get("length_ratio") is None else f"{greedy['length_ratio']:.3f}",
+            pct(ref.get("gguf_exact")), fmt(ref.get("gguf_chrf"), 3),
+            "–" if not flips else f"{flips.get('hf_only', 0)}/{flips.get('gguf_only', 0)} "
+                                  f"(p {fmt(flips.get('mcnemar_p'), 3)})",
+            f"{tokens['mismatched']}/{tokens['n']}" if tokens.get("n") is not None else "–",
+        ])
+    return ANSWERS_COLUMNS, rows
+
+
+def kl_by_position_table(report: dict[str, Any]) -> Table:
+    """Mean (p90) KL per band of answer-token positions, one column per GGUF: where they diverge."""
+    names = [n for n, b in report["answers"].items() if ((b.get("teacher_forced") or {}).get("kl_by_position"))]
+    bands: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    for name in names:
+        for band in report["answers"][name]["teacher_forced"]["kl_by_position"]:
+            bands.setdefault((band["from"], band["to"]), {})[name] = band
+    rows = []
+    for (lo, hi), by_name in sorted(bands.items()):
+        n = next(iter(by_name.values())).get("n")
+        cells = [f"{fmt(b.get('mean'))} ({fmt(b.get('p90'))})" if b else "–" for b in (by_name.get(x) for x in names)]
+        rows.append([f"{lo}–{hi}", str(n)] + cells)
+    return ["answer tokens", "tokens"] + [f"{n} mean (p90)" for n in names], rows
+
+
+def first_divergence_table(report: dict[str, Any]) -> Table:
+    """Rows whose greedy answer first departs from HF's in each band of token positions."""
+    names = [n for n, b in report["answers"].items() if ((b.get("greedy") or {}).get("first_divergence") or {}).get("histogram")]
+    bins: dict[tuple[int, int], dict[str, int]] = {}
+    for name in names:
+        for b in report["answers"][name]["greedy"]["first_divergence"]["histogram"]:
+            bins.setdefault((b["from"], b["to"]), {})[name] = b["n"]
+    rows = [[f"{lo}–{hi}"] + [str(counts.get(n, 0)) for n in names] for (lo, hi), counts in sorted(bins.items())]
+    return ["first divergent token"] + names, rows
+
+
+def answers_speed_table(report: dict[str, Any]) -> Table:
+    """Timing per model and phase (teacher forcing, generation), whatever the timer recorded."""
+    records = []
+    for name, model in report["models"].items():
+        load = (model.get("info") or {}).get("load_seconds")
+        for phase, t in (model.get("timing") or {}).items():
+            records.append({"model": name, "phase": phase, **(t or {}), "load s": load})
+    if not records:
+        return ["model", "phase"], []
+    columns = _union_keys(records)
+    columns.append(columns.pop(columns.index("load s")))
+    return columns, [[fmt(r.get(c), 4) for c in columns] for r in records]
