@@ -230,3 +230,15 @@ def test_cli_data_prepare_on_a_chat_file(tmp_path):
     again = CliRunner().invoke(data_group, ["prepare", "--config", str(config), "--set", "data.answers_checkable=true"])
     assert again.exit_code == 0, again.output
     assert read_json(out / "data_manifest.json")["answers_checkable"] is True
+
+
+def test_inspect_reads_chat_files(tmp_path):
+    from tunegguf.data import inspect_files
+
+    rows = _good_rows(12) + [{"messages": _chat(3)}, {"messages": [{"role": "user", "content": "q"}]}]
+    report = inspect_files([_write_jsonl(tmp_path / "c.jsonl", rows)], DataConfig(task="chat"))
+    info = report["files"][0]
+    assert info["rows"] == 14 and info["kept"] == 13 and info["duplicates"] == 1
+    assert info["dropped"] == {"no_assistant_turn": 1} and info["labels"] == {}
+    # Characters of all the content: "question 0" + "answer 0" is the shortest conversation.
+    assert info["text_chars"]["max"] == len("question 11") + len("answer 11")

@@ -9,7 +9,7 @@ import pytest
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.finetune.rows import build_rows
-from tunegguf.prompts import PromptConfig, PromptRenderer, Segment, TemplateTokens
+from tunegguf.prompts import PromptConfig, PromptRenderer, Rendered, Segment, TemplateTokens
 
 CHATML_TOKENS = TemplateTokens(chat_template=None, bos_token="<|im_start|>", eos_token="<|im_end|>")
 LLAMA3_TOKENS = TemplateTokens(chat_template=None, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", add_bos=True)
@@ -254,3 +254,14 @@ def test_conversations_over_max_seq_length_are_dropped_and_counted(smollm2_token
     assert built.dropped_too_long == 1 and len(built.rows) == 1
     assert built.notes == [f"1 of 2 train rows are longer than model.max_seq_length={short_len + 3} tokens "
                            "and were dropped"]
+
+
+def test_a_conversation_without_an_answer_is_a_prompt_to_answer():
+    renderer = PromptRenderer(PromptConfig(format="chatml"), CHATML_TOKENS)
+    question = Example(id="p-1", messages=THREE_TURNS.messages[:-1])
+    rendered = renderer.render(question)
+    # Ending in a user turn, the conversation is all prompt: the same one the full row is scored on.
+    assert rendered == Rendered(prompt=renderer.render(THREE_TURNS).prompt, target="")
+    assert renderer.training_segments(question) == [Segment(rendered.prompt, False)]
+    with pytest.raises(TuneGGUFError, match="row p-1: nothing to learn"):
+        build_rows(None, renderer, [question], 512)

@@ -87,6 +87,13 @@ class Rendered:
     """The answer the model should give, ending with the end-of-turn token ("" if unknown)."""
 
 
+def _answer_index(example: Example) -> int | None:
+    """A chat row's answer: its final message when that is an assistant turn (the data stage
+    cuts any turns after the last one); a conversation ending otherwise awaits its answer."""
+    messages = example.messages or []
+    return len(messages) - 1 if messages and messages[-1]["role"] == "assistant" else None
+
+
 class PromptRenderer:
     """Render examples for one model and one label set."""
 
@@ -114,7 +121,7 @@ class PromptRenderer:
         if not example.is_chat:
             return self._instruction_and_input(example)
         roles = [m["role"] for m in example.messages]
-        if roles != ["user", "assistant"]:
+        if roles not in (["user", "assistant"], ["user"]):
             shape = "has a system message" if "system" in roles else f"has {roles.count('user')} user turns"
             raise TuneGGUFError(
                 f"example {example.id}: the conversation {shape}; prompt.format alpaca renders one instruction "
@@ -141,7 +148,7 @@ class PromptRenderer:
                 )
             return self.config.verbalizers.get(example.label, example.label)
         if example.is_chat:
-            index = example.last_assistant
+            index = _answer_index(example)
             return None if index is None else example.messages[index]["content"]
         return example.output
 
@@ -150,8 +157,9 @@ class PromptRenderer:
         turn (instruction, then the input on its own line) and, with_answer, the assistant's
         answer (when the example has one). Runtimes' own templates are fed the same list.
 
-        A chat row gives its own conversation, up to its last assistant turn with_answer,
-        before it without, the system prompt put first when the row has no system message."""
+        A chat row gives its own conversation, with or without its final assistant turn
+        (the answer; a conversation ending in a user turn is all prompt, one to answer),
+        the system prompt put first when the row has no system message."""
         if example.is_chat:
             return self._chat_messages(example, with_answer)
         instruction, input_text = self._instruction_and_input(example)
@@ -167,11 +175,9 @@ class PromptRenderer:
 
     def _chat_messages(self, example: Example, with_answer: bool) -> list[dict[str, str]]:
         messages = [dict(m) for m in example.messages]
-        last = example.last_assistant
-        if last is None:
-            raise TuneGGUFError(f"example {example.id}: the conversation has no assistant turn; "
-                                "every chat row needs one (the data stage drops rows without)")
-        messages = messages[: last + 1] if with_answer else messages[:last]
+        last = _answer_index(example)
+        if last is not None and not with_answer:
+            messages = messages[:last]
         has_system = any(m["role"] == "system" for m in example.messages)
         if self.config.system_prompt is not None and not has_system:
             messages.insert(0, {"role": "system", "content": self.config.system_prompt})
