@@ -6,12 +6,14 @@ label that the config does not account for is an error naming the file, column a
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from tunegguf.data.chat import TRAILING_CUT, conversation_length, messages_column, normalize
 from tunegguf.data.config import DataConfig, parse_rating_range
 from tunegguf.data.example import Example
 from tunegguf.data.loaders import Table
@@ -31,7 +33,8 @@ class Cleaned:
     conflicts: int = 0
     """Duplicate texts whose labels disagreed (the first row's label was kept)."""
     truncated: Counter = field(default_factory=Counter)
-    """Rows cut to fit (data.too_long: truncate), by the limit they were over."""
+    """Rows cut to fit (data.too_long: truncate), by the limit they were over; chat rows
+    whose turns after the last assistant turn were cut, as trailing_turns."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,23 @@ def text_value(value: Any) -> str:
 
 
 def example_key(example: Example) -> str:
-    """What counts as 'the same row' for dedupe and leakage: the text the model reads."""
+    """What counts as 'the same row' for dedupe and leakage: the text the model reads, for
+    a chat row the conversation before its last assistant turn (the prompt it is scored on)."""
     if example.text is not None:
         return example.text
+    if example.is_chat:
+        return json.dumps(example.messages[: example.last_assistant], ensure_ascii=False, sort_keys=True)
     return f"{example.instruction}{TEXT_JOINER}{example.input or ''}"
+
+
+def reference_answer(example: Example) -> str | None:
+    """The answer a row is scored on: its label, its output, or its last assistant turn."""
+    if example.is_classification:
+        return example.label
+    if example.is_chat:
+        index = example.last_assistant
+        return None if index is None else example.messages[index]["content"]
+    return example.output
 
 
 def require_columns(table: Table, columns: list[tuple[str, str]], fix: str | None = None) -> None:
@@ -104,6 +120,10 @@ def to_examples(table: Table, config: DataConfig, prefix: str, limit: LengthLimi
         # The demo has fixed columns and class names; column and label settings are for files.
         examples = [Example(id=f"{prefix}-{i}", text=r["text"], label=r["label"]) for i, r in enumerate(table.rows)]
         cleaned = Cleaned(examples=examples, rows=len(table.rows))
+    elif table.source.get("kind") == "demo-instruct":
+        cleaned = _chat_examples(table, config, prefix, column="messages")
+    elif config.task == "chat":
+        cleaned = _chat_examples(table, config, prefix)
     elif config.task == "instruction":
         cleaned = _instruction_examples(table, config, prefix)
     else:
@@ -227,17 +247,20 @@ def _fit_lengths(cleaned: Cleaned, table: Table, config: DataConfig, limit: Leng
     cleaned.examples = kept
 
 
-def _text_length(example: Example) -> int:
-    """Characters of what the model reads, as data.min_text_length counts them."""
+def text_length(example: Example) -> int:
+    """Characters of what the model reads, as data.min_text_length counts them (a chat row:
+    every message's content)."""
     if example.text is not None:
         return len(example.text)
+    if example.is_chat:
+        return conversation_length(example.messages)
     return len(example.instruction or "") + len(example.input or "")
 
 
 def _fit(example: Example, table: Table, config: DataConfig, limit: LengthLimit | None,
          cleaned: Cleaned) -> Example | None:
     cap = config.max_text_length
-    length = _text_length(example)
+    length = text_length(example)
     if cap is not None and length > cap:
         over = f"{length:,} characters, over data.max_text_length={cap}"
         if config.too_long != "truncate":
@@ -310,6 +333,32 @@ def _instruction_examples(table: Table, config: DataConfig, prefix: str) -> Clea
     return Cleaned(examples=examples, rows=len(table.rows), dropped=dropped)
 
 
+def _chat_examples(table: Table, config: DataConfig, prefix: str, column: str | None = None) -> Cleaned:
+    column = column or messages_column(table.columns, config.messages_column)
+    if column is None:
+        if config.messages_column is not None:
+            require_columns(table, [(config.messages_column, "messages_column")])
+        raise TuneGGUFError(
+            f"{table.name}: no conversation column ('messages' or 'conversations'); columns are "
+            f"{', '.join(table.columns) or '(none)'}; set data.messages_column to the column holding them"
+        )
+    dropped: Counter = Counter()
+    truncated: Counter = Counter()
+    examples = []
+    for index, row in enumerate(table.rows):
+        conversation = normalize(row.get(column), f"{table.name}, column '{column}', {table.where(index)}")
+        if conversation.drop:
+            dropped[conversation.drop] += 1
+            continue
+        if conversation_length(conversation.messages) < config.min_text_length:
+            dropped["too_short"] += 1
+            continue
+        if conversation.cut:
+            truncated[TRAILING_CUT] += 1
+        examples.append(Example(id=f"{prefix}-{index}", messages=conversation.messages))
+    return Cleaned(examples=examples, rows=len(table.rows), dropped=dropped, truncated=truncated)
+
+
 def dedupe(cleaned: Cleaned) -> None:
     """Drop exact duplicate texts in place, keeping the first; count label conflicts."""
     first_label: dict[str, str | None] = {}
@@ -318,10 +367,10 @@ def dedupe(cleaned: Cleaned) -> None:
         key = example_key(example)
         if key in first_label:
             cleaned.dropped["duplicate"] += 1
-            if first_label[key] != (example.label if example.is_classification else example.output):
+            if first_label[key] != reference_answer(example):
                 cleaned.conflicts += 1
             continue
-        first_label[key] = example.label if example.is_classification else example.output
+        first_label[key] = reference_answer(example)
         kept.append(example)
     cleaned.examples = kept
 

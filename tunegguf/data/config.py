@@ -10,7 +10,8 @@ from typing import Literal
 class DataConfig:
     train: str = "demo"
     """A file (.csv .tsv .jsonl .json .parquet), a `datasets.save_to_disk` directory, a hub
-    dataset name (online only), or "demo" for the project's own small sentiment set."""
+    dataset name (online only), "demo" for the project's own small sentiment set, or
+    "demo-instruct" for its own instruction set (task: chat, answers checkable exactly)."""
 
     split_names: dict[str, str] = field(
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
@@ -26,9 +27,11 @@ class DataConfig:
     """The split the report is scored on; None uses `validation` (when given) or carves
     `test_fraction` out of train. Checkpoints are never picked on it."""
 
-    task: Literal["classification", "instruction"] = "classification"
+    task: Literal["classification", "instruction", "chat"] = "classification"
     """classification: text + label, splits stratified by label; instruction: instruction,
-    optional input, and the output to learn (no labels, plain random splits)."""
+    optional input, and the output to learn (no labels, plain random splits); chat: a
+    conversation per row (OpenAI `messages` or ShareGPT `conversations`), loss on every
+    assistant turn, the last assistant turn being the answer scored (plain random splits)."""
 
     text_columns: list[str] = field(default_factory=lambda: ["text"])
     """Columns joined (with a blank line) into the text to classify."""
@@ -38,6 +41,16 @@ class DataConfig:
     instruction_column: str = "instruction"
     input_column: str = "input"
     output_column: str = "output"
+
+    messages_column: str | None = None
+    """task: chat: the column holding each row's conversation, a list of {"role", "content"}
+    (OpenAI) or {"from", "value"} (ShareGPT: human, gpt, system) messages, or that list as a
+    JSON string. null: "messages", else "conversations"."""
+
+    answers_checkable: bool | None = None
+    """Whether a reference answer can be checked by exact match (arithmetic, extraction),
+    so the report scores exact match against it, not only chrF. null: true for
+    "demo-instruct", false otherwise. Recorded in the data manifest."""
 
     labels: list[str] = field(default_factory=list)
     """The class names, in order; empty: the sorted values found (after label_map)."""
@@ -54,7 +67,8 @@ class DataConfig:
     """Rows whose text (stripped) is shorter than this many characters are dropped."""
 
     max_text_length: int | None = 100_000
-    """Rows whose text (classification) or instruction + input is longer than this many
+    """Rows whose text (classification), instruction + input, or conversation (all messages'
+    content, task: chat) is longer than this many
     characters are handled by `too_long`; a cheap cap that needs no tokenizer. null: no cap.
     A caller with the tokenizer (`prepare(..., length_limit=LengthLimit(...))`) holds rows to
     model.max_seq_length tokens the same way; `tunegguf run` leaves that to the fine-tune,
@@ -99,6 +113,8 @@ class DataConfig:
         # ValueError here becomes a one-line TuneGGUFError in `from_dict`; each names the setting.
         if not self.text_columns and self.task == "classification":
             raise ValueError("data.text_columns: give at least one column to read the text from")
+        if self.messages_column is not None and not self.messages_column.strip():
+            raise ValueError("data.messages_column: give a column name, or null to find 'messages' / 'conversations'")
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
@@ -116,7 +132,7 @@ class DataConfig:
                 f"data.max_text_length: {self.max_text_length} must be at least data.min_text_length "
                 f"({self.min_text_length}) and 1 (or null for no cap)"
             )
-        if self.too_long == "truncate" and self.task == "instruction":
+        if self.too_long == "truncate" and self.task != "classification":
             raise ValueError("data.too_long: truncate applies to task: classification only; use drop or error")
         for name in ("max_per_class", "max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
@@ -128,7 +144,7 @@ class DataConfig:
             raise ValueError(f"data.labels lists a class twice: {self.labels}")
         for key in self.star_ratings:
             parse_rating_range(key)  # raises with the key's name when malformed
-        if self.task == "instruction" and self.balance != "none":
+        if self.task != "classification" and self.balance != "none":
             raise ValueError("data.balance applies to task: classification only; set it to none")
 
 

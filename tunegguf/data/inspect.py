@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from tunegguf.data.clean import count_duplicates, example_key, overlap, to_examples
+from tunegguf.data.clean import count_duplicates, overlap, text_length, to_examples
 from tunegguf.data.config import DataConfig
 from tunegguf.data.loaders import load_table
 from tunegguf.data.prepare import distribution_warnings
@@ -49,7 +49,7 @@ def inspect_files(paths: list[str], config: DataConfig) -> dict[str, Any]:
             "kept": len(rows),
             "dropped": dict(sorted(cleaned.dropped.items())),
             "labels": {label: {"count": n, "share": round(n / total, 4)} for label, n in sorted(counts.items())},
-            "text_chars": _percentiles([len(example_key(e)) for e in rows]),
+            "text_chars": _percentiles([text_length(e) for e in rows]),
             "duplicates": duplicates,
             "duplicate_label_conflicts": conflicts,
             "warnings": warnings,

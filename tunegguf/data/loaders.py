@@ -19,7 +19,7 @@ from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.io import sha256_file
 
 FILE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
-SUPPORTED = ".csv, .tsv, .jsonl, .json or .parquet, a datasets save_to_disk directory, or 'demo'"
+SUPPORTED = ".csv, .tsv, .jsonl, .json or .parquet, a datasets save_to_disk directory, 'demo' or 'demo-instruct'"
 # Why a readable file held no rows, and what to do, by file type.
 NO_ROWS = {
     "csv": "only a header line; add one row per example below it",
@@ -56,7 +56,13 @@ class Table:
 
 
 def is_demo(source: str) -> bool:
+    """The project's own sentiment set (task: classification)."""
     return str(source).strip().lower() == "demo"
+
+
+def is_demo_instruct(source: str) -> bool:
+    """The project's own instruction set (task: chat)."""
+    return str(source).strip().lower() == "demo-instruct"
 
 
 def looks_local(source: str) -> bool:
@@ -73,6 +79,11 @@ def source_fingerprint(source: str, setting: str | None, split_name: str) -> dic
         from tunegguf.data.demo import DEMO_VERSION, demo_sha256
 
         return {"path": "demo", "kind": "demo", "sha256": demo_sha256(), "version": DEMO_VERSION}
+    if is_demo_instruct(source):
+        from tunegguf.data import demo_instruct
+
+        return {"path": "demo-instruct", "kind": "demo-instruct", "sha256": demo_instruct.demo_sha256(),
+                "version": demo_instruct.DEMO_VERSION}
     path = Path(source).expanduser()
     if path.is_dir():
         return {"path": str(path.resolve()), "kind": "save_to_disk", "split": split_name, "sha256": _sha256_dir(path)}
@@ -88,7 +99,7 @@ def check_source(source: str, setting: str | None = "train") -> None:
     an unsupported type (a hub name, a directory and 'demo' pass), so a run can refuse a
     missing file at start-up."""
     path = Path(source).expanduser()
-    if is_demo(source) or path.is_dir():
+    if is_demo(source) or is_demo_instruct(source) or path.is_dir():
         return
     if path.is_file():
         _file_kind(path, setting)
@@ -103,6 +114,8 @@ def load_table(source: str, setting: str | None = "train", split_name: str | Non
     check_source(source, setting)
     if is_demo(source):
         return _load_demo()
+    if is_demo_instruct(source):
+        return _load_demo_instruct()
     path = Path(source).expanduser()
     if path.is_dir():
         table = _load_saved_dataset(path, setting, split_name)
@@ -330,4 +343,14 @@ def _load_demo() -> Table:
     rows = generate_demo()
     table = Table(rows=rows, columns=["text", "label"], source={}, name="demo", line_offset=0)
     table.source = {"path": "demo", "kind": "demo", "sha256": demo_sha256(rows), "version": DEMO_VERSION}
+    return table
+
+
+def _load_demo_instruct() -> Table:
+    from tunegguf.data import demo_instruct
+
+    rows = demo_instruct.generate_demo()
+    table = Table(rows=rows, columns=["messages", "skill"], source={}, name="demo-instruct", line_offset=0)
+    table.source = {"path": "demo-instruct", "kind": "demo-instruct", "sha256": demo_instruct.demo_sha256(rows),
+                    "version": demo_instruct.DEMO_VERSION}
     return table

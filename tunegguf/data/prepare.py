@@ -20,6 +20,7 @@ from typing import Any
 
 from tunegguf.config.typed import to_dict
 import tunegguf.data.split as splitting
+from tunegguf.data.chat import DROP_REASONS, TRAILING_CUT
 from tunegguf.data.clean import Cleaned, LengthLimit, dedupe, drop_overlap, overlap, to_examples
 from tunegguf.data.config import DataConfig
 from tunegguf.data.example import Example
@@ -30,7 +31,7 @@ from tunegguf.io import read_json, read_jsonl, sha256_file, write_json, write_js
 SPLITS = ("train", "validation", "test")
 MANIFEST = "data_manifest.json"
 # Bump when the preparation logic changes what lands in the files, so old runs are redone.
-PREPARE_VERSION = 2
+PREPARE_VERSION = 3
 # A class with under this share of an even split (1 / classes) is "tiny" next to the others.
 TINY_CLASS_SHARE = 0.2
 
@@ -167,10 +168,10 @@ def prepare(config: DataConfig, out_dir: str | Path, length_limit: LengthLimit |
         source, setting = entry
         table = load_table(source, setting, _split_name(config, setting))
         tables[split] = table
-        if config.task == "instruction" and table.source.get("kind") == "demo":
-            raise TuneGGUFError("data.train: the demo set is for task: classification; give an instruction file")
+        _require_demo_task(table, config, setting)
         cleaned[split] = to_examples(table, config, prefix=split, limit=length_limit)
         warnings += length_warnings(cleaned[split], table.name, config, length_limit)
+        warnings += chat_warnings(cleaned[split], table.name)
         if config.dedupe:
             dedupe(cleaned[split])
         _require_rows(cleaned[split], table.name, split, config)
@@ -217,6 +218,7 @@ def prepare(config: DataConfig, out_dir: str | Path, length_limit: LengthLimit |
         "dropped": dropped,
         "truncated": {split: dict(sorted(part.truncated.items())) for split, part in cleaned.items() if part.truncated},
         "class_weights": weights,
+        "answers_checkable": answers_checkable(config, tables),
         "warnings": warnings,
         "config": to_dict(config),
     }
@@ -224,12 +226,49 @@ def prepare(config: DataConfig, out_dir: str | Path, length_limit: LengthLimit |
     return _result(out_dir, manifest, reused=False)
 
 
+# The project's own sets and the task each is made for.
+DEMO_TASKS = {"demo": "classification", "demo-instruct": "chat"}
+
+
+def _require_demo_task(table, config: DataConfig, setting: str) -> None:
+    kind = table.source.get("kind")
+    task = DEMO_TASKS.get(kind)
+    if task is not None and task != config.task:
+        other = next((name for name, t in DEMO_TASKS.items() if t == config.task), None)
+        fix = f"use data.{setting}: {other}" if other else f"give a {config.task} file"
+        raise TuneGGUFError(
+            f"data.{setting}: the {kind} set is for task: {task}, not {config.task}; set data.task: {task} or {fix}"
+        )
+
+
+def answers_checkable(config: DataConfig, tables: dict[str, Any]) -> bool:
+    """data.answers_checkable, or (null) whether every source is a set whose answers are exact."""
+    if config.task == "classification":
+        return True  # a label is right or wrong
+    if config.answers_checkable is not None:
+        return config.answers_checkable
+    return bool(tables) and all(t.source.get("kind") == "demo-instruct" for t in tables.values())
+
+
+def chat_warnings(part: Cleaned, name: str) -> list[str]:
+    """One line per reason chat rows were dropped, and for conversations cut after their last answer."""
+    warnings = [f"{name}: dropped {part.dropped[reason]} conversations with {why}"
+                for reason, why in DROP_REASONS.items() if part.dropped[reason]]
+    if part.truncated[TRAILING_CUT]:
+        warnings.append(f"{name}: cut the turns after the last assistant turn in {part.truncated[TRAILING_CUT]} "
+                        f"conversations (nothing to learn from them)")
+    return warnings
+
+
 def _require_rows(part: Cleaned, name: str, split: str, config: DataConfig) -> None:
     if not part.examples:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(part.dropped.items())) or "no data rows"
+        settings = {"chat": "data.messages_column and the conversations",
+                    "instruction": "data.instruction_column / output_column"}.get(config.task, "data.text_columns")
+        what = "" if config.task != "classification" else " and the label settings"
         raise TuneGGUFError(
             f"{name}: no rows left for {split} after filtering ({part.rows} rows; dropped {reasons}); "
-            f"check data.text_columns, data.min_text_length / max_text_length and the label settings"
+            f"check {settings}, data.min_text_length / max_text_length{what}"
         )
     if config.task == "classification" and split == "train":
         classes = {e.label for e in part.examples}

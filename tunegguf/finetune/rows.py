@@ -1,4 +1,5 @@
-"""Training rows: each example rendered, tokenized, with the loss on its answer tokens only.
+"""Training rows: each example rendered, tokenized, with the loss on its answer tokens only
+(for a conversation, on every assistant turn's tokens and its end-of-turn token).
 
 The renderer decides the text (BOS included where the model wants it), so both strings are
 tokenized with `add_special_tokens=False`, exactly as the inference backends do. TRL turns
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
-from tunegguf.prompts import PromptRenderer
+from tunegguf.prompts import PromptRenderer, Segment
 
 
 @dataclass
@@ -39,30 +40,46 @@ def encode_many(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 def build_rows(
     tokenizer: Any, renderer: PromptRenderer, examples: Sequence[Example], max_seq_length: int, split: str = "train"
 ) -> TrainRows:
-    """Render, tokenize and mask every example; drop the ones longer than max_seq_length."""
-    rendered = [renderer.render(example) for example in examples]
-    for example, item in zip(examples, rendered):
-        if not item.target:
+    """Render, tokenize and mask every example; drop the ones longer than max_seq_length.
+
+    Every row goes through `renderer.training_segments` (a single answer or every assistant
+    turn of a conversation: one path). The text up to each segment's end is tokenized, so
+    each segment's tokens are the new ids it adds; the mask is 1 on trained segments' ids."""
+    pieces = [renderer.training_segments(example) for example in examples]
+    for example, segments in zip(examples, pieces):
+        if not any(segment.trained for segment in segments):
             raise TuneGGUFError(
-                f"{split} row {example.id}: nothing to learn (no label or output); "
+                f"{split} row {example.id}: nothing to learn (no label, output or assistant turn); "
                 "every training row needs its answer"
             )
-    prompt_ids = encode_many(tokenizer, [r.prompt for r in rendered])
-    full_ids = encode_many(tokenizer, [r.prompt + r.target for r in rendered])
+    # Cumulative texts of all rows in one batch: the tokenizer is fastest on a list.
+    prefixes = []
+    for segments in pieces:
+        text = ""
+        for segment in segments:
+            text += segment.text
+            prefixes.append(text)
+    encoded = iter(encode_many(tokenizer, prefixes))
     rows, dropped, longest, tokens = [], 0, 0, 0
-    for example, prompt, full in zip(examples, prompt_ids, full_ids):
-        if full[: len(prompt)] != prompt or len(full) == len(prompt):
-            # A merge across the prompt/answer boundary would move the mask off the answer.
-            raise TuneGGUFError(
-                f"{split} row {example.id}: the answer's first token merges with the end of the prompt; "
-                "end the prompt with a newline or pick another word in prompt.verbalizers"
-            )
-        if len(full) > max_seq_length:
+    for example, segments in zip(examples, pieces):
+        ids: list[int] = []
+        mask: list[int] = []
+        for number, segment in enumerate(segments):
+            upto = next(encoded)
+            if upto[: len(ids)] != ids or (segment.trained and len(upto) == len(ids)):
+                # A merge across a segment boundary would move the mask off the answer.
+                raise TuneGGUFError(
+                    f"{split} row {example.id}: {_boundary(segments, number)} merges with the text before it "
+                    "into one token; end the prompt with a newline or pick another word in prompt.verbalizers"
+                )
+            mask += [int(segment.trained)] * (len(upto) - len(ids))
+            ids = upto
+        if len(ids) > max_seq_length:
             dropped += 1
             continue
-        rows.append({"input_ids": full, "completion_mask": [0] * len(prompt) + [1] * (len(full) - len(prompt))})
-        longest = max(longest, len(full))
-        tokens += len(full)
+        rows.append({"input_ids": ids, "completion_mask": mask})
+        longest = max(longest, len(ids))
+        tokens += len(ids)
     notes = [f"{dropped} of {len(examples)} {split} rows are longer than model.max_seq_length={max_seq_length} "
              "tokens and were dropped"] if dropped else []
     if examples and not rows:
@@ -70,3 +87,14 @@ def build_rows(
             f"every {split} row is longer than model.max_seq_length={max_seq_length} tokens; raise it"
         )
     return TrainRows(rows=rows, dropped_too_long=dropped, longest=longest, tokens=tokens, notes=notes)
+
+
+def _boundary(segments: list[Segment], number: int) -> str:
+    """'the answer's first token' or, in a conversation, which assistant turn's or which text's."""
+    answers = sum(segment.trained for segment in segments)
+    if answers <= 1:
+        return "the answer's first token" if segments[number].trained else "the text after the answer"
+    turn = sum(segment.trained for segment in segments[: number + 1])
+    if segments[number].trained:
+        return f"the first token of assistant turn {turn}"
+    return f"the text after assistant turn {turn}"

@@ -1,8 +1,10 @@
 """The one prompt renderer: an Example plus a format gives the prompt text and the target.
 
-Training feeds `prompt + target` (loss on the target only); both inference backends feed
-`prompt` alone and tokenize it with special-token parsing on and no automatic BOS, so the
-token ids are decided here, once, by the text.
+Training feeds `training_segments` (loss on the trained segments only: the answer, or every
+assistant turn of a chat row); both inference backends feed `prompt` alone and tokenize it
+with special-token parsing on and no automatic BOS, so the token ids are decided here,
+once, by the text. For a chat row the prompt is the conversation before its last assistant
+turn and the target is that turn.
 """
 
 from __future__ import annotations
@@ -71,10 +73,25 @@ class TemplateTokens:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A piece of a training text; the loss is on the pieces with trained=True."""
+
+    text: str
+    trained: bool
+
+
+@dataclass(frozen=True)
 class Rendered:
     prompt: str
     target: str
     """The answer the model should give, ending with the end-of-turn token ("" if unknown)."""
+
+
+def _answer_index(example: Example) -> int | None:
+    """A chat row's answer: its final message when that is an assistant turn (the data stage
+    cuts any turns after the last one); a conversation ending otherwise awaits its answer."""
+    messages = example.messages or []
+    return len(messages) - 1 if messages and messages[-1]["role"] == "assistant" else None
 
 
 class PromptRenderer:
@@ -98,6 +115,20 @@ class PromptRenderer:
             )
 
     # ---- text of one turn -------------------------------------------------------------
+    def _alpaca_parts(self, example: Example) -> tuple[str, str]:
+        """Alpaca has one instruction and one response: a chat row fits only when it is a
+        single user turn and its answer."""
+        if not example.is_chat:
+            return self._instruction_and_input(example)
+        roles = [m["role"] for m in example.messages]
+        if roles not in (["user", "assistant"], ["user"]):
+            shape = "has a system message" if "system" in roles else f"has {roles.count('user')} user turns"
+            raise TuneGGUFError(
+                f"example {example.id}: the conversation {shape}; prompt.format alpaca renders one instruction "
+                f"and its response only; use a chat format (chat_template, chatml or llama3)"
+            )
+        return example.messages[0]["content"], ""
+
     def _instruction_and_input(self, example: Example) -> tuple[str, str]:
         if example.is_classification:
             instruction = self.config.instruction.replace("{labels}", ", ".join(self.words))
@@ -116,12 +147,21 @@ class PromptRenderer:
                     f"example {example.id}: label {example.label!r} is not one of {self.labels}"
                 )
             return self.config.verbalizers.get(example.label, example.label)
+        if example.is_chat:
+            index = _answer_index(example)
+            return None if index is None else example.messages[index]["content"]
         return example.output
 
     def messages(self, example: Example, *, with_answer: bool = False) -> list[dict[str, str]]:
         """The conversation the chat formats render: the system prompt (when set), the user
         turn (instruction, then the input on its own line) and, with_answer, the assistant's
-        answer (when the example has one). Runtimes' own templates are fed the same list."""
+        answer (when the example has one). Runtimes' own templates are fed the same list.
+
+        A chat row gives its own conversation, with or without its final assistant turn
+        (the answer; a conversation ending in a user turn is all prompt, one to answer),
+        the system prompt put first when the row has no system message."""
+        if example.is_chat:
+            return self._chat_messages(example, with_answer)
         instruction, input_text = self._instruction_and_input(example)
         user = f"{instruction}\n{input_text}" if input_text else instruction
         messages = []
@@ -133,31 +173,74 @@ class PromptRenderer:
             messages.append({"role": "assistant", "content": answer})
         return messages
 
+    def _chat_messages(self, example: Example, with_answer: bool) -> list[dict[str, str]]:
+        messages = [dict(m) for m in example.messages]
+        last = _answer_index(example)
+        if last is not None and not with_answer:
+            messages = messages[:last]
+        has_system = any(m["role"] == "system" for m in example.messages)
+        if self.config.system_prompt is not None and not has_system:
+            messages.insert(0, {"role": "system", "content": self.config.system_prompt})
+        return messages
+
     # ---- whole prompt -----------------------------------------------------------------
-    def render(self, example: Example) -> Rendered:
-        if self.config.format == "alpaca":
-            instruction, input_text = self._instruction_and_input(example)
-            return self._render_alpaca(instruction, input_text, self.answer(example))
-        template = {
+    def _template(self) -> str:
+        return {
             "chat_template": self.tokens.chat_template,
             "chatml": CHATML_TEMPLATE,
             "llama3": LLAMA3_TEMPLATE,
         }[self.config.format]
-        messages = self.messages(example)
-        answer = self.answer(example)
-        specials = self.tokens.special_tokens()
-        prompt = render_chat_template(template, messages, add_generation_prompt=True, special_tokens=specials)
-        if answer is None:
+
+    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return render_chat_template(self._template(), messages, add_generation_prompt=add_generation_prompt,
+                                    special_tokens=self.tokens.special_tokens())
+
+    def render(self, example: Example) -> Rendered:
+        if self.config.format == "alpaca":
+            instruction, input_text = self._alpaca_parts(example)
+            return self._render_alpaca(instruction, input_text, self.answer(example))
+        prompt = self._render(self.messages(example), add_generation_prompt=True)
+        if self.answer(example) is None:
             return Rendered(prompt=prompt, target="")
-        full = render_chat_template(
-            template, self.messages(example, with_answer=True), add_generation_prompt=False, special_tokens=specials
-        )
-        if not full.startswith(prompt):
-            raise TuneGGUFError(
-                "the chat template renders the conversation differently once the answer is added; "
-                "use prompt.format chatml, llama3 or alpaca for this model"
-            )
-        return Rendered(prompt=prompt, target=self._end_at_eos(full[len(prompt):]))
+        return Rendered(prompt=prompt, target=self._turns(example)[-1][1])
+
+    def training_segments(self, example: Example) -> list[Segment]:
+        """The training text in pieces, in order: concatenated, the full text the model is
+        trained on (ending at the last answer's end-of-turn token); trained pieces are each
+        assistant turn's text and its end-of-turn token, nothing of system or user turns or
+        of the template's own tokens. A row without an answer gives its prompt alone."""
+        if self.config.format == "alpaca" or self.answer(example) is None:
+            rendered = self.render(example)
+            pieces = [Segment(rendered.prompt, False), Segment(rendered.target, True)]
+        else:
+            pieces = []
+            for before, answer in self._turns(example):
+                pieces += [Segment(before, False), Segment(answer, True)]
+        return [piece for piece in pieces if piece.text]
+
+    def _turns(self, example: Example) -> list[tuple[str, str]]:
+        """(text since the previous answer, up to the generation prompt; the answer ending at
+        its end-of-turn token) for each assistant turn, rendered as cumulative prefixes of
+        the conversation through the one template, each checked to extend the last."""
+        conversation = self.messages(example, with_answer=True)
+        turns, done = [], ""
+        for index, message in enumerate(conversation):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._render(conversation[:index], add_generation_prompt=True)
+            full = self._render(conversation[: index + 1], add_generation_prompt=False)
+            if not prompt.startswith(done) or not full.startswith(prompt):
+                turn = "once the answer is added" if prompt.startswith(done) else "when a later turn follows"
+                raise TuneGGUFError(
+                    f"example {example.id}: the chat template renders the conversation differently {turn} "
+                    f"(turn {index + 1}), so the answers cannot be masked; use prompt.format chatml, llama3 "
+                    f"or alpaca for this model"
+                )
+            answer = self._end_at_eos(full[len(prompt):])
+            turns.append((prompt[len(done):], answer))
+            # The text after the end-of-turn token (a newline) belongs to what follows.
+            done = prompt + answer if full.startswith(prompt + answer) else full
+        return turns
 
     def _end_at_eos(self, target: str) -> str:
         # Templates add a newline after the end-of-turn token; the model must learn to stop
