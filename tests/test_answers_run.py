@@ -268,3 +268,12 @@ def test_vocabulary_mismatch_fails_the_verdict(tmp_path, reports, stores):
     models = [spec("hf", ModelKind.HF, base_logits), spec("Q8_0", ModelKind.GGUF, wide, gguf_file(tmp_path, "q", 10))]
     result = evaluate(tmp_path, models)
     assert result.verdicts["Q8_0"]["reasons"][0].startswith("vocabulary size differs (HF 8 vs Q8_0 9)")
+
+
+def test_a_row_over_the_context_is_refused_before_any_model_runs(tmp_path, reports):
+    opened = []
+    models = [ModelSpec("hf", ModelKind.HF, lambda: opened.append(1) or fake("hf", base_logits))]
+    config = EvaluateConfig(n_ctx=64, answers={"max_new_tokens": 62})
+    with pytest.raises(TuneGGUFError, match=r"row 1 \(id 'r0'\): the prompt \(3 tokens\).*over evaluate.n_ctx \(64\)"):
+        evaluate(tmp_path, models, config=config)
+    assert not opened

@@ -51,7 +51,7 @@ def reference_text(example: Example, target: str) -> str:
     return target
 
 
-def _check_inputs(examples, prompts, targets, prompt_ids, answer_ids, references, models) -> None:
+def _check_inputs(config, examples, prompts, targets, prompt_ids, answer_ids, references, models) -> None:
     sizes = {"examples": len(examples), "prompts": len(prompts), "targets": len(targets),
              "prompt_ids": len(prompt_ids), "answer_ids": len(answer_ids)}
     if references is not None:
@@ -67,6 +67,15 @@ def _check_inputs(examples, prompts, targets, prompt_ids, answer_ids, references
         seen.add(example.id)
         if not prompt_ids[index]:
             raise TuneGGUFError(f"{row_name(index, example)}: the prompt has no tokens")
+        # Every backend gets these ids as they are: one over the context would fail (or be
+        # cut) differently in each runtime, so it is refused before any model runs.
+        need = len(prompt_ids[index]) + max(len(answer_ids[index]), config.answers.max_new_tokens)
+        if need > config.n_ctx:
+            raise TuneGGUFError(
+                f"{row_name(index, example)}: the prompt ({len(prompt_ids[index])} tokens) plus the longer of its "
+                f"reference answer ({len(answer_ids[index])}) and evaluate.answers.max_new_tokens "
+                f"({config.answers.max_new_tokens}) is over evaluate.n_ctx ({config.n_ctx}); raise n_ctx, or let "
+                "evaluate.too_long drop the row")
     kinds = [spec.kind for spec in models]
     first = next((i for i, kind in enumerate(kinds) if kind != ModelKind.HF_ADAPTER), len(kinds))
     if not models or first >= len(kinds) or kinds[first] != ModelKind.HF or ModelKind.HF_ADAPTER in kinds[first:]:
@@ -105,7 +114,7 @@ def evaluate_answers(
     from tunegguf.evaluate.report import write_reports
     from tunegguf.evaluate.stages import StageDivergence, stage_parents
 
-    _check_inputs(examples, prompts, targets, prompt_ids, answer_ids, references, models)
+    _check_inputs(config, examples, prompts, targets, prompt_ids, answer_ids, references, models)
     refs = list(references) if references is not None else [reference_text(e, t) for e, t in zip(examples, targets)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
