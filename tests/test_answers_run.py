@@ -277,3 +277,16 @@ def test_a_row_over_the_context_is_refused_before_any_model_runs(tmp_path, repor
     with pytest.raises(TuneGGUFError, match=r"row 1 \(id 'r0'\): the prompt \(3 tokens\).*over evaluate.n_ctx \(64\)"):
         evaluate(tmp_path, models, config=config)
     assert not opened
+
+
+def test_answers_settings_load_from_the_run_config_and_are_checked():
+    from tunegguf.config.run import load_run_config
+
+    config = load_run_config(None, ["evaluate.answers.max_mean_kl=0.2", "evaluate.answers.max_new_tokens=32"])
+    assert (config.evaluate.answers.max_mean_kl, config.evaluate.answers.max_new_tokens) == (0.2, 32)
+    with pytest.raises(TuneGGUFError, match="^evaluate.answers.min_stop_agreement must be between 0 and 1"):
+        load_run_config(None, ["evaluate.answers.min_stop_agreement=1.5"])
+    with pytest.raises(TuneGGUFError, match="did you mean 'min_same_top'"):
+        load_run_config(None, ["evaluate.answers.min_sametop=0.5"])
+    with pytest.raises(ValueError, match="evaluate.answers.max_new_tokens .* leaves no room"):
+        EvaluateConfig(n_ctx=64, answers={"max_new_tokens": 64})
