@@ -133,7 +133,9 @@ def test_identical_perturbed_never_stopping_and_broken_ggufs(tmp_path, reports, 
     report = json.loads(result.report_json.read_text())
     assert report["task"] == "answers"
     assert report["n_examples"] == 4 and report["n_answer_tokens"] == 9
-    assert report["reference_store"] == {"kind": "memmap", "exact": True, "bytes": 9 * VOCAB * 4}
+    # The stage table keeps f16's log-probs too (the quants' parent); HF's are shared, not copied.
+    assert report["reference_store"] == {"kind": "memmap", "exact": True, "bytes": 9 * VOCAB * 4,
+                                         "stage_bytes": 9 * VOCAB * 4}
 
     # RAM bound, structurally: one memory-mapped [answer tokens, vocab] store, read one
     # answer's slice at a time, and removed with its scratch directory afterwards.
@@ -223,6 +225,8 @@ def test_the_adapter_is_scored_first_and_blamed_for_the_merge(tmp_path, reports,
     report = json.loads(evaluate(tmp_path, models, checkable=False).report_json.read_text())
     assert list(report["models"]) == ["hf+adapter", "hf", "f16"]
     assert list(report["answers"]) == ["f16"]
+    # The adapter's log-probs are kept for the merge step; f16 is no one's parent here.
+    assert report["reference_store"]["stage_bytes"] == 9 * VOCAB * 4
     steps = {s["child"]: s for s in report["stages"]["steps"]}
     assert steps["hf"]["step"] == "merge" and steps["hf"]["mean_kl"] > 0.05
     assert steps["f16"]["mean_kl"] == 0.0

@@ -103,6 +103,8 @@ class StageDivergence:
         self._stores: dict[str, Any] = {}
         self._divergence: dict[str, NextTokenDivergence] = {}
         self.mismatch: dict[str, str] = {}
+        self.disk_bytes = 0
+        """Bytes of the log-prob files this tracker wrote (kept after close, for the report)."""
 
     def wrap(self, name: str, open_backend: Callable[[], Any]) -> Callable[[], Any]:
         """An opener whose backend reports its log-probs to this tracker."""
@@ -119,6 +121,7 @@ class StageDivergence:
                     self._reserve(self.n * rows.shape[1] * 4)
                 self._stores[name] = ReferenceLogprobs(self.scratch / f"stage-{len(self._stores)}.npy",
                                                        self.n, rows.shape[1])
+                self.disk_bytes += self.n * rows.shape[1] * 4
             self._stores[name].write(start, rows)
         parent = self.parents.get(name)
         store = None

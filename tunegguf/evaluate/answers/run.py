@@ -169,7 +169,7 @@ def evaluate_answers(
     report, predictions = build_answers_report(
         config, examples, prompts, refs, scored, context or {}, extra_sections, stage_kl=stage_kl,
         diagnostics=diagnostics, warnings=warnings, checkable=checkable, decode=decode,
-        n_answer_tokens=total, store_bytes=store_bytes["bytes"],
+        n_answer_tokens=total, store_bytes=store_bytes["bytes"], stage_bytes=stages.disk_bytes,
     )
     paths = write_reports(out_dir, report, predictions)
     return EvaluateResult(
@@ -225,6 +225,7 @@ def build_answers_report(
     decode: Callable[[list[int]], str] | None = None,
     n_answer_tokens: int = 0,
     store_bytes: int = 0,
+    stage_bytes: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """report.json's content (task "answers") and predictions.jsonl's rows."""
     from datetime import datetime, timezone
@@ -259,7 +260,9 @@ def build_answers_report(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_examples": len(examples),
         "n_answer_tokens": int(n_answer_tokens),
-        "reference_store": {"kind": "memmap", "exact": True, "bytes": int(store_bytes)},
+        # bytes: the HF reference; stage_bytes: the stage table's parents (adapter, f16), on disk at once.
+        "reference_store": {"kind": "memmap", "exact": True, "bytes": int(store_bytes),
+                            "stage_bytes": int(stage_bytes)},
         "config": to_dict(config),
         "context": to_dict(context),
         "models": models,
