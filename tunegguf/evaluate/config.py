@@ -7,6 +7,39 @@ from typing import Literal
 
 
 @dataclass
+class AnswersConfig:
+    """Free-text answers (instruction and chat rows): the greedy budget and the verdict's
+    thresholds. Teacher-forced numbers are on the reference answer's tokens, greedy ones on
+    each model's own answer; the rates are shares of rows."""
+
+    max_new_tokens: int = 64
+    """Greedy budget per answer; an answer still going at this length "did not stop"."""
+    max_mean_kl: float = 0.05
+    """Mean KL(HF || GGUF) per answer token, over the full vocabulary."""
+    max_p99_kl: float = 1.0
+    """99th percentile of the per-token KL: a few badly broken positions fail the file
+    even when the mean is low."""
+    min_same_top: float = 0.95
+    """Share of answer tokens where both models rank the same token first."""
+    min_greedy_match: float = 0.9
+    """Share of rows whose greedy answer equals HF's, or first differs where each model's
+    token is in the other's top 5 (a near-tie, as vLLM's GGUF tests accept)."""
+    min_stop_agreement: float = 0.95
+    """Share of rows where both models stop the same way (end-of-turn, or the budget):
+    a GGUF that never stops fails here."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("evaluate.answers.max_new_tokens must be at least 1")
+        for name in ("max_mean_kl", "max_p99_kl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"evaluate.answers.{name} must be 0 or more (a KL in nats)")
+        for name in ("min_same_top", "min_greedy_match", "min_stop_agreement"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"evaluate.answers.{name} must be between 0 and 1 (a share of rows or tokens)")
+
+
+@dataclass
 class EvaluateConfig:
     split: Literal["test", "validation"] = "test"
     limit: int | None = None
@@ -61,8 +94,14 @@ class EvaluateConfig:
     """Render one prompt through the HF template, the GGUF's embedded template and the
     Modelfile, and check BOS and stop tokens (report section "Templates and tokens");
     a vocab-only llama.cpp load, a few seconds."""
+    answers: AnswersConfig = field(default_factory=AnswersConfig)
+    """Instruction and chat rows (free-text answers): budget and thresholds."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.answers, dict):
+            # Built from a stored report's config (recommend) rather than through from_dict.
+            self.answers = AnswersConfig(**{k: v for k, v in self.answers.items()
+                                            if k in AnswersConfig.__dataclass_fields__})
         if not self.modes:
             raise ValueError("evaluate.modes must name at least one of: labels, generate")
         if len(set(self.modes)) != len(self.modes):
@@ -82,3 +121,6 @@ class EvaluateConfig:
         if "generate" in self.modes and self.max_new_tokens >= self.n_ctx:
             raise ValueError(f"evaluate.max_new_tokens ({self.max_new_tokens}) leaves no room for the prompt in "
                              f"evaluate.n_ctx ({self.n_ctx}); raise n_ctx or lower max_new_tokens")
+        if self.answers.max_new_tokens >= self.n_ctx:
+            raise ValueError(f"evaluate.answers.max_new_tokens ({self.answers.max_new_tokens}) leaves no room for the "
+                             f"prompt in evaluate.n_ctx ({self.n_ctx}); raise n_ctx or lower answers.max_new_tokens")

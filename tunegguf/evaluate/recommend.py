@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunegguf.evaluate.answers.parity import answers_verdict
 from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.parity import verdict
 from tunegguf.export.weight_parity import stored_erased
@@ -52,24 +53,39 @@ class Recommendation:
 
 def recommend(report: dict[str, Any], thresholds: EvaluateConfig | dict[str, Any] | None = None) -> Recommendation:
     """The smallest GGUF that holds parity (re-judged with `thresholds` when given) and
-    does not erase the fine-tune; ties in size go to the lower mean KL."""
+    does not erase the fine-tune; ties in size go to the lower mean KL.
+
+    Classification reports are judged on their "parity" blocks; answers reports
+    (report["task"] == "answers") on their "answers" blocks, agreement there being the
+    share of greedy answers that match HF's (top-5 tolerance)."""
     if isinstance(thresholds, dict):
         thresholds = EvaluateConfig(**{k: v for k, v in thresholds.items() if k in EvaluateConfig.__dataclass_fields__})
-    mode = report.get("primary_mode", "labels")
+    answers = report.get("task") == "answers"
+    mode = "answers" if answers else report.get("primary_mode", "labels")
     weight = report.get("weight_parity") or {}
     rows: list[LadderRow] = []
-    for name, block in (report.get("parity") or {}).items():
-        judged = verdict(block, thresholds) if thresholds is not None else report["verdicts"][name]
-        stats = (block.get("modes") or {}).get(mode) or {}
-        diff = stats.get("accuracy_difference") or {}
+    for name, block in (report.get("answers" if answers else "parity") or {}).items():
+        if answers:
+            judged = answers_verdict(block, thresholds) if thresholds is not None else report["verdicts"][name]
+            greedy = block.get("greedy") or {}
+            reference = greedy.get("vs_reference") or {}
+            hf_exact, gguf_exact = reference.get("hf_exact"), reference.get("gguf_exact")
+            agreement = greedy.get("tolerated_rate")
+            diff = {"value": hf_exact - gguf_exact if hf_exact is not None and gguf_exact is not None else None}
+            mean_kl = ((block.get("teacher_forced") or {}).get("kl") or {}).get("mean")
+        else:
+            judged = verdict(block, thresholds) if thresholds is not None else report["verdicts"][name]
+            stats = (block.get("modes") or {}).get(mode) or {}
+            agreement, diff = stats.get("agreement"), stats.get("accuracy_difference") or {}
+            mean_kl = (block.get("next_token") or {}).get("mean_kl")
         erased = stored_erased(weight[name]) if weight.get(name) else None
         reasons = list(judged["reasons"])
         if erased:
             reasons.append("weight parity: the fine-tune is largely erased in this file")
         rows.append(LadderRow(
-            quant=name, size_bytes=block.get("size_bytes"), agreement=stats.get("agreement"),
+            quant=name, size_bytes=block.get("size_bytes"), agreement=agreement,
             accuracy_difference=diff.get("value"), accuracy_difference_ci=diff.get("ci"),
-            mean_kl=(block.get("next_token") or {}).get("mean_kl"), holds=bool(judged["holds"]), erased=erased,
+            mean_kl=mean_kl, holds=bool(judged["holds"]), erased=erased,
             eligible=bool(judged["holds"]) and not erased, reasons=reasons,
         ))
     big = float("inf")

@@ -57,23 +57,30 @@ def step_name(parent_kind: str, child_name: str, child_file: Any = None) -> str:
 
 
 class _Tee:
-    """A Backend wrapper that hands each batch of next-token log-probs to `on_rows(start, rows)`.
+    """A Backend wrapper that hands each block of log-probs `verb` returns to `on_rows(start, rows)`.
 
-    The scorer asks for the rows in order, so a running offset gives each batch's first row.
+    The scorer asks for the rows in order, so a running offset gives each block's first row:
+    next_token_logprobs returns a batch of prompts (row = prompt), teacher_forced_logprobs
+    one answer (row = answer token, the offset counting tokens over all answers).
     Everything else passes through untouched.
     """
 
-    def __init__(self, backend: Any, on_rows: Callable[[int, np.ndarray], None]) -> None:
-        self._backend, self._on_rows, self._offset = backend, on_rows, 0
+    def __init__(self, backend: Any, on_rows: Callable[[int, np.ndarray], None],
+                 verb: str = "next_token_logprobs") -> None:
+        self._backend, self._on_rows, self._offset, self._verb = backend, on_rows, 0, verb
 
     def __getattr__(self, item: str) -> Any:
-        return getattr(self._backend, item)
+        attr = getattr(self._backend, item)
+        if item != self._verb:
+            return attr
 
-    def next_token_logprobs(self, prompts: Sequence[str]) -> np.ndarray:
-        rows = self._backend.next_token_logprobs(prompts)
-        self._on_rows(self._offset, rows)
-        self._offset += len(rows)
-        return rows
+        def tee(*args: Any, **kwargs: Any) -> np.ndarray:
+            rows = attr(*args, **kwargs)
+            self._on_rows(self._offset, rows)
+            self._offset += len(rows)
+            return rows
+
+        return tee
 
 
 class StageDivergence:
@@ -81,32 +88,45 @@ class StageDivergence:
 
     Models that are a parent keep their log-probs in a memory-mapped file under `scratch`
     until the run ends (the adapter, the merged HF model, the f16 GGUF: three at most).
+    n: rows in all (prompts; answer tokens for verb="teacher_forced_logprobs").
+    shared: name -> a function returning a store someone else writes for that model (the
+    answers evaluation's HF reference), read instead of writing a second copy of it.
     """
 
     def __init__(self, scratch: Path, n: int, parents: dict[str, str],
-                 reserve: Callable[[int], None] | None = None) -> None:
+                 reserve: Callable[[int], None] | None = None, *, verb: str = "next_token_logprobs",
+                 shared: dict[str, Callable[[], Any]] | None = None) -> None:
         self.scratch, self.n, self.parents = Path(scratch), n, dict(parents)
         self._reserve = reserve
+        self._verb = verb
+        self._shared = dict(shared or {})
         self._stores: dict[str, Any] = {}
         self._divergence: dict[str, NextTokenDivergence] = {}
         self.mismatch: dict[str, str] = {}
+        self.disk_bytes = 0
+        """Bytes of the log-prob files this tracker wrote (kept after close, for the report)."""
 
     def wrap(self, name: str, open_backend: Callable[[], Any]) -> Callable[[], Any]:
         """An opener whose backend reports its log-probs to this tracker."""
-        return lambda: _Tee(open_backend(), lambda start, rows: self._rows(name, start, rows))
+        return lambda: _Tee(open_backend(), lambda start, rows: self._rows(name, start, rows), self._verb)
 
     def _rows(self, name: str, start: int, rows: np.ndarray) -> None:
         from tunegguf.evaluate.scoring import ReferenceLogprobs
 
-        if name in self.parents.values():
+        if len(rows) == 0:  # an empty answer: nothing to store or compare
+            return
+        if name in self.parents.values() and name not in self._shared:
             if name not in self._stores:
                 if self._reserve is not None:
                     self._reserve(self.n * rows.shape[1] * 4)
                 self._stores[name] = ReferenceLogprobs(self.scratch / f"stage-{len(self._stores)}.npy",
                                                        self.n, rows.shape[1])
+                self.disk_bytes += self.n * rows.shape[1] * 4
             self._stores[name].write(start, rows)
         parent = self.parents.get(name)
-        store = self._stores.get(parent) if parent else None
+        store = None
+        if parent:
+            store = self._shared[parent]() if parent in self._shared else self._stores.get(parent)
         if store is None:
             return
         if rows.shape[1] != store.vocab:
