@@ -46,6 +46,17 @@ def echo_recommendation(report_json: Path) -> None:
         click.secho(f"recommended: none — {rec.reason}", fg="red")
 
 
+def headline(mode: str, m: dict[str, Any]) -> str:
+    """One line of a model's own metrics: accuracy for labels, perplexity and chrF for answers."""
+    if mode != "answers":
+        return f"accuracy {m['accuracy']:.1%}, macro-F1 {m['macro_f1']:.3f}"
+    parts = [f"perplexity {m['perplexity']:.3f}" if m.get("perplexity") is not None else None,
+             f"exact {m['exact_match']:.1%}" if m.get("exact_match") is not None else None,
+             f"chrF {m['chrf']:.1f}" if m.get("chrf") is not None else None,
+             f"stopped {m['stopped_at_eos_rate']:.0%}" if m.get("stopped_at_eos_rate") is not None else None]
+    return ", ".join(p for p in parts if p) or "scored"
+
+
 def echo_result(result: Any) -> None:
     for name, verdict in result.verdicts.items():
         colour = "green" if verdict["holds"] else "red"
@@ -54,7 +65,7 @@ def echo_result(result: Any) -> None:
         click.secho(warning, fg="yellow", err=True)
     for name, modes in result.metrics.items():
         for mode, m in modes.items():
-            click.echo(f"{name} {mode}: accuracy {m['accuracy']:.1%}, macro-F1 {m['macro_f1']:.3f}")
+            click.echo(f"{name} {mode}: {headline(mode, m)}")
     click.echo(f"reports: {result.report_md} {result.report_html} {result.report_json}")
 
 

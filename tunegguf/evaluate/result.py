@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from tunegguf.data.example import Example
 from tunegguf.evaluate.backends import Backend, BackendOptions, BackendSpec, ModelKind, open_backend
 
 REFERENCE = "hf"
@@ -46,3 +47,28 @@ class EvaluateResult:
     @property
     def all_hold(self) -> bool:
         return bool(self.verdicts) and all(v["holds"] for v in self.verdicts.values())
+
+
+def tokenizer_parity(examples: Sequence[Example], ref: Any, other: Any) -> dict[str, Any]:
+    """Do the two models see the same token ids for the same prompt texts? (must be all)"""
+    if not other.token_ids:
+        return {}
+    mismatched = [i for i, (a, b) in enumerate(zip(ref.token_ids, other.token_ids)) if a != b]
+    first = None
+    if mismatched:
+        i = mismatched[0]
+        a, b = ref.token_ids[i], other.token_ids[i]
+        pos = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        first = {"id": examples[i].id, "position": pos, "hf": a[pos : pos + 5], "gguf": b[pos : pos + 5]}
+    result: dict[str, Any] = {
+        "n": len(ref.token_ids),
+        "mismatched": len(mismatched),
+        "mismatch_rate": len(mismatched) / max(len(ref.token_ids), 1),
+        "mismatched_ids": [examples[i].id for i in mismatched],
+        "first_mismatch": first,
+    }
+    if ref.label_token_ids and other.label_token_ids:
+        result["hf_label_token_ids"] = ref.label_token_ids
+        result["gguf_label_token_ids"] = other.label_token_ids
+        result["label_token_ids_equal"] = ref.label_token_ids == other.label_token_ids
+    return result

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tunegguf.console import quiet_third_party
+from tunegguf.data.clean import reference_answer
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.evaluate.backends import Backend, BackendOptions, BackendSpec, ModelKind, open_backend
@@ -22,7 +23,7 @@ from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.lengths import PromptLimit, fit_to_limit, row_name
 from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
 from tunegguf.scoring.metrics import collapse_warning
-from tunegguf.evaluate.result import ADAPTER_NAME, REFERENCE, EvaluateResult, ModelSpec
+from tunegguf.evaluate.result import ADAPTER_NAME, REFERENCE, EvaluateResult, ModelSpec, tokenizer_parity
 from tunegguf.evaluate.parity import flipped_examples, prediction_parity, probability_parity, verdict
 from tunegguf.evaluate.scoring import ModelScores, ReferenceLogprobs, score_model
 from tunegguf.io import require_free_disk, require_path, scratch_dir
@@ -195,7 +196,8 @@ def run(
 
         return evaluate_answers(
             config, examples=examples, prompts=prompts, targets=fitted.targets, prompt_ids=fitted.prompt_ids,
-            answer_ids=fitted.answer_ids, models=models, out_dir=Path(out_dir), context=context,
+            answer_ids=fitted.answer_ids, references=[reference_answer(e) for e in fitted.examples],
+            models=models, out_dir=Path(out_dir), context=context,
             extra_sections=extra_sections, diagnostics=diagnostics, warnings=fitted.warnings,
             checkable=checkable, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
         )
@@ -219,9 +221,8 @@ def check_answer_examples(examples: Sequence[Example]) -> list[Example]:
     seen: set[str] = set()
     for index, example in enumerate(examples):
         where = row_name(index, example)
-        has_answer = (example.output is not None and example.output.strip()) if not getattr(example, "is_chat", False) \
-            else any(m.get("role") == "assistant" for m in example.messages or [])
-        if not has_answer:
+        answer = reference_answer(example)
+        if answer is None or not answer.strip():
             raise TuneGGUFError(f"{where}: has no reference answer (output or a last assistant turn); "
                                 "every evaluated row needs one")
         if example.id in seen:
@@ -404,36 +405,12 @@ def _mode_metrics(config: EvaluateConfig, scores: ModelScores, y_true: list[str]
     return out
 
 
-def _tokenizer_parity(examples: Sequence[Example], ref: ModelScores, other: ModelScores) -> dict[str, Any]:
-    if not other.token_ids:
-        return {}
-    mismatched = [i for i, (a, b) in enumerate(zip(ref.token_ids, other.token_ids)) if a != b]
-    first = None
-    if mismatched:
-        i = mismatched[0]
-        a, b = ref.token_ids[i], other.token_ids[i]
-        pos = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        first = {"id": examples[i].id, "position": pos, "hf": a[pos : pos + 5], "gguf": b[pos : pos + 5]}
-    result: dict[str, Any] = {
-        "n": len(ref.token_ids),
-        "mismatched": len(mismatched),
-        "mismatch_rate": len(mismatched) / max(len(ref.token_ids), 1),
-        "mismatched_ids": [examples[i].id for i in mismatched],
-        "first_mismatch": first,
-    }
-    if ref.label_token_ids and other.label_token_ids:
-        result["hf_label_token_ids"] = ref.label_token_ids
-        result["gguf_label_token_ids"] = other.label_token_ids
-        result["label_token_ids_equal"] = ref.label_token_ids == other.label_token_ids
-    return result
-
-
 def _gguf_parity(config: EvaluateConfig, examples: Sequence[Example], labels: list[str], ref: ModelScores,
                  other: ModelScores, weights: np.ndarray) -> dict[str, Any]:
     y_true = [e.label for e in examples]
     ids = [e.id for e in examples]
     block: dict[str, Any] = {"file": other.file, "size_bytes": other.size_bytes, "error": other.error}
-    block["tokenizer"] = _tokenizer_parity(examples, ref, other)
+    block["tokenizer"] = tokenizer_parity(examples, ref, other)
     if not other.ok:
         # Partial results of a model that failed half-way would read as a parity result.
         block["next_token"], block["modes"] = None, {}

@@ -29,7 +29,7 @@ from tunegguf.evaluate.backends import ModelKind
 from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.lengths import row_name
 from tunegguf.evaluate.metrics import bootstrap_weights
-from tunegguf.evaluate.runner import EvaluateResult, ModelSpec, _tokenizer_parity
+from tunegguf.evaluate.result import EvaluateResult, ModelSpec, tokenizer_parity
 from tunegguf.evaluate.scoring import ReferenceLogprobs
 from tunegguf.io import require_free_disk, scratch_dir
 
@@ -246,7 +246,7 @@ def build_answers_report(
             block["metrics"] = _model_metrics(scores, refs, checkable)
         models[scores.name] = block
     ggufs = [s for s in scored if s.kind == ModelKind.GGUF]
-    answers = {s.name: answers_parity(ref, s, weights, tokenizer=_tokenizer_parity(examples, ref, s),
+    answers = {s.name: answers_parity(ref, s, weights, tokenizer=tokenizer_parity(examples, ref, s),
                                       references=refs, checkable=checkable) for s in ggufs}
     verdicts = {name: answers_verdict(block, config) for name, block in answers.items()}
     if ref.ok and ref.generations and not any(g.stopped for g in ref.generations):
