@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tunegguf.data.clean import reference_answer
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate.answers.metrics import (
@@ -38,17 +39,10 @@ REFERENCE_STORE = "reference-answer-logprobs"
 
 
 def reference_text(example: Example, target: str) -> str:
-    """The answer the model should give, as text to compare generations with: a chat row's
-    last assistant turn, an instruction row's output; else the rendered target (which may
-    end with the end-of-turn token's text, so callers should prefer passing `references`)."""
-    messages = getattr(example, "messages", None)
-    if messages:
-        last = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
-        if last is not None:
-            return str(last.get("content", ""))
-    if example.output is not None:
-        return example.output
-    return target
+    """The answer generations are compared with: the row's own (`reference_answer`: a chat
+    row's last assistant turn, an instruction row's output), else the rendered target."""
+    answer = reference_answer(example)
+    return answer if answer is not None else target
 
 
 def _check_inputs(config, examples, prompts, targets, prompt_ids, answer_ids, references, models) -> None:
