@@ -163,6 +163,11 @@ def test_run_dir_defaults_to_the_recommended_gguf(shipped_gguf, tmp_path):
     (["--gguf", "{gguf}", "--input", "blank.txt"], ["--input blank.txt holds no prompts"]),
     (["--gguf", "notgguf.gguf", "x"], ["--gguf notgguf.gguf is not a usable GGUF file", "no GGUF magic"]),
     (["x"], ["give --gguf FILE, or --run-dir RUN_DIR"]),
+    (["--gguf", "{gguf}"], ["nothing to answer: give PROMPT arguments, pipe lines on stdin"]),
+    (["--gguf", "{gguf}", "--input", "blank.txt", "x"], ["give PROMPT arguments or --input FILE, not both"]),
+    (["--gguf", "{gguf}", "--run-dir", "runs/x", "x"], ["give --gguf FILE or --run-dir RUN_DIR"]),
+    (["--gguf", "{gguf}", "--n-ctx", "256", "Reverse the word cat, then the word dog, then the word bird"],
+     ["prompt 1: a prompt of", "does not fit n_ctx=256; raise --n-ctx, lower --max-new-tokens or shorten it"]),
     (["--run-dir", "nowhere", "x"], ["nowhere is not a tunegguf run directory"]),
 ])
 def test_bad_input_is_one_line(shipped_gguf, tmp_path, args, fragments):

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from tunegguf.config.run import load_run_config
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError
-from tunegguf.pipeline.predict import _run_model
+from tunegguf.pipeline.predict import run_model
 from tunegguf.pipeline.stagebook import read_stages
 from tunegguf.prompts import PromptConfig, PromptRenderer, TemplateTokens
 
@@ -85,7 +85,7 @@ def answerer_from_run(run_dir: Path, model: str | None = None) -> Answerer:
     if model is None:
         chosen = _recommended(stages.get("evaluate") or {}, exported)
     if chosen is None:
-        chosen = _run_model(run_dir, exported, model)
+        chosen = run_model(run_dir, exported, model)
     if not (chosen.is_file() and chosen.suffix == ".gguf"):
         raise TuneGGUFError(f"{run_dir}: {chosen} is not a GGUF file; `tunegguf answer` runs exported GGUFs "
                             "(give --model Q4_K_M or another exported quant)")
