@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     "export": ("tunegguf.cli.export", "export_group", "Merge, convert to GGUF, quantize, verify."),
     "evaluate": ("tunegguf.cli.evaluate", "evaluate_command", "Parity report: the HF model vs each GGUF."),
     "predict": ("tunegguf.cli.predict", "predict_command", "Classify text with a GGUF or HF model."),
+    "answer": ("tunegguf.cli.answer", "answer_command", "Answer prompts with a GGUF, greedy, stopping at end-of-turn."),
     "config": ("tunegguf.cli.run", "config_group", "Validate or show a run config."),
 }
 

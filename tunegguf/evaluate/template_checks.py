@@ -3,7 +3,9 @@ stop tokens the way the model was trained?
 
 One conversation is rendered through the HF tokenizer, the template embedded in the GGUF
 (as llama-cpp-python applies it) and the Ollama Modelfile, and diffed against the
-training prompt.
+training prompt. A fixed multi-turn conversation (system, user, assistant, user) goes
+through the same three, since a template can agree on one turn and still drop or reorder
+earlier turns (the chat fine-tune's "answers differently after the first turn").
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ class TemplateChecks:
     token_ids: dict[str, list[int]]
     """Source -> the first token ids each runtime would feed."""
     checks: list[Check] = field(default_factory=list)
+    conversation: list[dict[str, str]] = field(default_factory=list)
+    """The multi-turn conversation every runtime rendered (CONVERSATION)."""
+    multi_turn_renderings: dict[str, str] = field(default_factory=dict)
+    """Source -> the prompt text it renders for `conversation` (generation prompt added)."""
+    multi_turn_reference: str | None = None
+    """The source the others are compared with: the training renderer when it renders
+    conversations, else the HF template, else the GGUF's."""
+    multi_turn_diffs: dict[str, str] = field(default_factory=dict)
+    """"reference vs source" -> unified diff, for every multi-turn rendering that differs."""
 
     @property
     def passed(self) -> bool:
@@ -56,6 +67,15 @@ TRAINING = "training prompt"
 HF_TEMPLATE = "HF apply_chat_template"
 GGUF_TEMPLATE = "GGUF template (llama-cpp-python)"
 MODELFILE = "Ollama Modelfile TEMPLATE"
+
+CONVERSATION: tuple[dict[str, str], ...] = (
+    {"role": "system", "content": "You are a careful assistant. Answer briefly."},
+    {"role": "user", "content": "Reverse the word cat."},
+    {"role": "assistant", "content": "tac"},
+    {"role": "user", "content": "Now sort these numbers:\n3, 1, 2"},
+)
+"""Fixed, so every report checks the same thing: a system turn, an earlier assistant turn
+(templates that drop or re-wrap history differ there) and a multi-line user turn."""
 
 
 def _unified(a_name: str, a: str, b_name: str, b: str) -> str:
@@ -148,6 +168,9 @@ def template_checks(
             except (GoTemplateError, TypeError, IndexError, KeyError) as exc:
                 checks.append(Check("modelfile_template_renders", None, f"could not render the TEMPLATE here: {exc}"))
 
+        multi = _multi_turn(renderer, tokenizer, gguf, modelfile)
+        multi_checks = multi.pop("checks")  # listed after the single-turn checks below
+
         # 1. Every runtime's text equals the training prompt.
         diffs: dict[str, str] = {}
         training = renderings[TRAINING]
@@ -199,12 +222,73 @@ def template_checks(
             ok = eos in modelfile.stops
             checks.append(Check("stop_modelfile", ok, f"PARAMETER stop lines {modelfile.stops}"
                                 + ("" if ok else f"; add PARAMETER stop \"{eos}\"")))
+        checks += multi_checks
     finally:
         llm.close()
     return TemplateChecks(
         gguf=str(gguf_path), modelfile=str(modelfile_path) if modelfile_path else None, renderings=renderings,
         diffs=diffs, token_ids={k: list(v[:12]) for k, v in ids.items()}, checks=checks,
+        conversation=[dict(m) for m in CONVERSATION], **multi,
     )
+
+
+def _multi_turn(renderer: Any, tokenizer: Any, gguf: dict[str, Any], modelfile: Any) -> dict[str, Any]:
+    """CONVERSATION through the training renderer (when it renders conversations), the HF
+    template, the GGUF's template and the Modelfile TEMPLATE; each compared with the first
+    of those that rendered, with a unified diff when it differs."""
+    messages = [dict(m) for m in CONVERSATION]
+    renderings: dict[str, str] = {}
+    checks: list[Check] = []
+
+    def attempt(source: str, render: Any) -> None:
+        try:
+            renderings[source] = render()
+        except Exception as exc:  # a template that rejects the conversation is a finding, not a crash
+            checks.append(Check(f"multi_turn_{_slug(source)}_renders", False,
+                                f"cannot render a system/user/assistant/user conversation: {' '.join(str(exc).split())[:200]}"))
+
+    training = _training_conversation(renderer, messages)
+    if training is not None:
+        attempt(TRAINING, training)
+    if isinstance(tokenizer.chat_template, str):
+        attempt(HF_TEMPLATE, lambda: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    if gguf["chat_template"]:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        formatter = Jinja2ChatFormatter(template=gguf["chat_template"], eos_token=gguf["eos_token"],
+                                        bos_token=gguf["bos_token"], stop_token_ids=[gguf["eos_id"]])
+        attempt(GGUF_TEMPLATE, lambda: formatter(messages=messages).prompt)
+    if modelfile is not None and modelfile.template is not None:
+        try:
+            renderings[MODELFILE] = render_go_template(modelfile.template, ollama_data(messages, modelfile.system))
+        except (GoTemplateError, TypeError, IndexError, KeyError) as exc:
+            checks.append(Check("multi_turn_modelfile_template_renders", None, f"could not render the TEMPLATE here: {exc}"))
+    reference = next(iter(renderings), None)
+    diffs: dict[str, str] = {}
+    for source, text in renderings.items():
+        if source == reference:
+            continue
+        same = text == renderings[reference]
+        if not same:
+            diffs[f"{reference} vs {source}"] = _unified(reference, renderings[reference], source, text)
+        checks.append(Check(f"multi_turn_{_slug(source)}_matches_{_slug(reference)}", same,
+                            "identical for a system/user/assistant/user conversation" if same else
+                            f"renders the conversation differently (see multi-turn diff '{reference} vs {source}')"))
+    return {"multi_turn_renderings": renderings, "multi_turn_reference": reference,
+            "multi_turn_diffs": diffs, "checks": checks}
+
+
+def _training_conversation(renderer: Any, messages: list[dict[str, str]]) -> Any:
+    """A callable rendering `messages` as training does, or None when the renderer has no
+    conversations (alpaca is single-turn; chat rows came with Example.messages)."""
+    from tunegguf.data.example import Example
+
+    if renderer.config.format == "alpaca" or "messages" not in Example.__dataclass_fields__:
+        return None
+    # The renderer's prompt is the conversation before the last assistant turn: the
+    # placeholder turn after the last user turn makes it the whole conversation.
+    example = Example(id="multi-turn check", messages=messages + [{"role": "assistant", "content": "x"}])  # type: ignore[call-arg]
+    return lambda: renderer.render(example).prompt
 
 
 def _slug(text: str) -> str:

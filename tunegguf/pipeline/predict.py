@@ -55,12 +55,12 @@ def predictor_from_run(run_dir: Path, model: str | None = None) -> Predictor:
     labels = (stages.get("data") or {}).get("labels")
     if not labels:
         raise TuneGGUFError(f"{run_dir}: the data stage has not finished; run `tunegguf run` first")
-    chosen = _run_model(run_dir, stages.get("export") or {}, model)
+    chosen = run_model(run_dir, stages.get("export") or {}, model)
     return Predictor(model=chosen, prompt=config.prompt, labels=list(labels), n_threads=config.evaluate.n_threads,
                      n_ctx=config.evaluate.n_ctx, config_path=run_dir / "config.yaml")
 
 
-def _run_model(run_dir: Path, exported: dict, model: str | None) -> Path:
+def run_model(run_dir: Path, exported: dict, model: str | None) -> Path:
     """The file or directory `--model` names in a run (a quant name in any case, or a path);
     without one Q4_K_M, else the smallest exported file, else the merged checkpoint."""
     files = {name: Path(path) for name, path in (exported.get("files") or {}).items()}
