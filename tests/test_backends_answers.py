@@ -50,7 +50,8 @@ def test_server_backend_refuses_the_answers_verbs_in_one_line():
     server = ServerBackend.__new__(ServerBackend)  # no server needed: the verbs never reach one
     server.base_url = "http://127.0.0.1:8080"
     for call in (lambda: server.teacher_forced_logprobs([1, 2], [3]), lambda: server.generate_ids([[1, 2]], 4)):
-        with pytest.raises(TuneGGUFError, match=r"server backend.*answers parity needs the GGUF file; pass --gguf") as err:
+        expected = r"server backend.*answers parity needs the GGUF file; pass --gguf"
+        with pytest.raises(TuneGGUFError, match=expected) as err:
             call()
         assert "\n" not in str(err.value)
 
@@ -160,7 +161,8 @@ def test_llamacpp_answers_match_transformers(hf_answers, smollm2_f16_gguf):
             gguf.teacher_forced_logprobs(prompt_ids[0], [answer_ids[0][0], 49152])
         with pytest.raises(TuneGGUFError, match=r"token id -1, outside"):
             gguf.generate_ids([[-1]], 2)
-        too_long = rf"a prompt of {len(prompt_ids[0])} tokens \+ an answer of {len(answer_ids[0]) * 100} does not fit n_ctx=1024"
+        too_long = (rf"a prompt of {len(prompt_ids[0])} tokens \+ an answer of {len(answer_ids[0]) * 100} "
+                    r"does not fit n_ctx=1024")
         with pytest.raises(TuneGGUFError, match=too_long):
             gguf.teacher_forced_logprobs(prompt_ids[0], answer_ids[0] * 100)
         np.testing.assert_array_equal(gguf.teacher_forced_logprobs(prompt_ids[0], answer_ids[0]), forced[0])
@@ -172,7 +174,7 @@ def test_llamacpp_answers_match_transformers(hf_answers, smollm2_f16_gguf):
         assert kl_rows(hf_rows, rows).mean() < 1e-3
         assert (hf_rows.argmax(axis=1) == rows.argmax(axis=1)).mean() >= 0.9
     # The same rows as one next-token request per prefix. Not bitwise: llama.cpp's CPU
-    # kernels round differently for a 1-token and a 17-token batch (about 1e-5 in KL, the
+    # kernels round a 1-token batch and a whole-sequence batch differently (KL about 3e-5, the
     # size of the HF-vs-f16 gap), so the bookkeeping check is the gap to a shifted row.
     assert kl_rows(forced[0], stepwise).max() < 1e-4
     assert kl_rows(forced[0][1:], stepwise[:-1]).min() > 0.05
