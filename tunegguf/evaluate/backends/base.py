@@ -73,3 +73,19 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     top = x.max(axis=-1, keepdims=True)
     out = x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
     return out.astype(np.float32)
+
+
+def top_ids(logits: np.ndarray, k: int) -> list[int]:
+    """The k highest-scoring ids, best first, ties broken by the lower id: exactly
+    `argsort(-logits, kind="stable")[:k]` (so the first is argmax's choice), without
+    sorting the whole vocabulary."""
+    x = np.asarray(logits).ravel()
+    k = max(0, min(int(k), x.size))
+    if k == 0:
+        return []
+    threshold = np.partition(x, x.size - k)[x.size - k]
+    # Every id tied with the k-th value is a candidate; flatnonzero lists them by id, and
+    # a stable sort keeps that order among equal scores.
+    candidates = np.flatnonzero(x >= threshold)
+    order = np.argsort(-x[candidates], kind="stable")[:k]
+    return [int(t) for t in candidates[order]]

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tunegguf.errors import TuneGGUFError
+from tunegguf.evaluate.backends.base import TOP_K, TokenGeneration, top_ids
 from tunegguf.models.adapter import require_adapter_dir
 from tunegguf.scoring.logprobs import batches, encode_prompts, last_position_logprobs, left_pad
 
@@ -105,6 +106,87 @@ class HFBackend:
                     kept = row if stop is None else row[:stop]
                     results.append((self.tokenizer.decode(kept, skip_special_tokens=False), stop is not None))
         return results
+
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        """One forward over prompt + answer[:-1] (the last answer token predicts nothing
+        here), with `logits_to_keep` so only the len(answer) positions that predict an
+        answer token go through the LM head: memory len(answer) x vocab, not total x vocab."""
+        import torch
+
+        prompt, answer = self._ids(prompt_ids, "prompt"), self._ids(answer_ids, "answer")
+        if not prompt:
+            raise TuneGGUFError("an empty prompt has no answer position")
+        if not answer:
+            return np.zeros((0, self.info["vocab_size"]), dtype=np.float32)
+        device = next(self.model.parameters()).device
+        fed = torch.tensor([prompt + answer[:-1]], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=fed, logits_to_keep=len(answer)).logits[0, -len(answer):, :]
+            return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+
+    def generate_ids(
+        self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, top_k: int = TOP_K
+    ) -> list[TokenGeneration]:
+        """Greedy continuation of id lists, batched with left padding like `generate`
+        (generate derives each row's positions from the attention mask, so a padded row
+        sees the positions it would unpadded).
+
+        Each step's top_k is taken as the step runs, by a logits processor that changes
+        nothing: keeping every step's logits (output_logits) would hold
+        batch x steps x vocab floats, 0.5 GB for a 128k vocabulary."""
+        import torch
+        from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+        rows = [self._ids(ids, "prompt") for ids in prompt_ids]
+        if any(not ids for ids in rows):
+            raise TuneGGUFError("an empty prompt has no answer position")
+        if max_new_tokens <= 0:
+            return [TokenGeneration(ids=[], stopped=False, top_ids=[], text="") for _ in rows]
+        rank = max(1, top_k)
+
+        class RankRecorder(LogitsProcessor):
+            def __init__(self) -> None:
+                self.steps: list[list[list[int]]] = []  # [step][row] -> ids
+
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                # The scores greedy argmaxes: float32 logits, no processor ran before this one.
+                values = scores.float().cpu().numpy()
+                self.steps.append([top_ids(row, rank)[:top_k] for row in values])
+                return scores
+
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_ids, pad_token_id=self.pad_id
+        )
+        stops = set(self.stop_ids)
+        device = next(self.model.parameters()).device
+        results: list[TokenGeneration] = []
+        with torch.inference_mode():
+            for batch in batches(rows, self.batch_size):
+                input_ids, attention = left_pad(list(batch), self.pad_id)
+                recorder = RankRecorder()
+                out = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config,
+                    logits_processor=LogitsProcessorList([recorder]),
+                )
+                for row, generated in enumerate(out[:, input_ids.shape[1]:].tolist()):
+                    stop = next((i for i, tok in enumerate(generated) if tok in stops), None)
+                    kept = generated if stop is None else generated[:stop]
+                    n_ranked = len(kept) + (stop is not None)
+                    results.append(TokenGeneration(
+                        ids=kept, stopped=stop is not None,
+                        top_ids=[recorder.steps[i][row] for i in range(n_ranked)],
+                        text=self.tokenizer.decode(kept, skip_special_tokens=False),
+                    ))
+        return results
+
+    def _ids(self, ids: Sequence[int], what: str) -> list[int]:
+        """Plain ints, each an id the embedding has (torch would fail with an index error)."""
+        out = [int(t) for t in ids]
+        size = int(self.model.get_input_embeddings().num_embeddings)
+        bad = next((t for t in out if not 0 <= t < size), None)
+        if bad is not None:
+            raise TuneGGUFError(f"the {what} holds token id {bad}, outside {self.name}'s vocabulary of {size}")
+        return out
 
     def close(self) -> None:
         import gc

@@ -20,6 +20,7 @@ import numpy as np
 from tunegguf import processes
 from tunegguf.processes import signal_name
 from tunegguf.errors import TuneGGUFError
+from tunegguf.evaluate.backends.base import TOP_K, TokenGeneration
 
 _WORKER_MODULE = "tunegguf.evaluate.backends.llamacpp_worker"
 
@@ -67,6 +68,18 @@ class LlamaCppBackend:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[tuple[str, bool]]:
         return self._request(("generate", (list(prompts), max_new_tokens)))
+
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        return self._request(("teacher_forced_logprobs", ([int(t) for t in prompt_ids], [int(t) for t in answer_ids])))
+
+    def generate_ids(
+        self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, top_k: int = TOP_K
+    ) -> list[TokenGeneration]:
+        rows = [[int(t) for t in ids] for ids in prompt_ids]
+        # The worker answers plain tuples: it imports nothing of tunegguf's evaluator.
+        replies = self._request(("generate_ids", (rows, int(max_new_tokens), int(top_k))))
+        return [TokenGeneration(ids=ids, stopped=stopped, top_ids=tops, text=text)
+                for ids, stopped, tops, text in replies]
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

@@ -24,6 +24,16 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return (x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))).astype(np.float32)
 
 
+def _top_ids(logits: np.ndarray, k: int) -> list[int]:
+    # Same as backends.base.top_ids (argsort(-x, kind="stable")[:k] without a full sort).
+    x = np.asarray(logits).ravel()
+    k = max(0, min(int(k), x.size))
+    if k == 0:
+        return []
+    candidates = np.flatnonzero(x >= np.partition(x, x.size - k)[x.size - k])
+    return [int(t) for t in candidates[np.argsort(-x[candidates], kind="stable")[:k]]]
+
+
 @contextlib.contextmanager
 def _model_params(**overrides: Any) -> Iterator[None]:
     """Set llama_model_params fields that `Llama()` has no argument for, during one load.
@@ -128,7 +138,115 @@ class LlamaWorker:
             results.append((text, stopped))
         return results
 
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        """Log-softmax at every answer position: row j predicts answer_ids[j] after
+        prompt_ids + answer_ids[:j].
+
+        The context keeps logits for one position only (logits_all=False, so a long prompt
+        costs no n_ctx x vocab buffer); this decodes with the low-level batch instead and
+        asks for logits exactly at the positions that predict an answer token: the last
+        prompt position and every answer position but the last. The last answer token
+        predicts nothing here, so it is not decoded at all.
+        """
+        prompt, answer = self._ids(prompt_ids, "prompt"), self._ids(answer_ids, "answer")
+        if not prompt:
+            raise ValueError("an empty prompt has no answer position")
+        if not answer:
+            return np.zeros((0, self.n_vocab), dtype=np.float32)
+        if len(prompt) + len(answer) > self.n_ctx:
+            raise ValueError(
+                f"a prompt of {len(prompt)} tokens + an answer of {len(answer)} does not fit n_ctx={self.n_ctx}; "
+                "raise evaluate.n_ctx"
+            )
+        fed = prompt + answer[:-1]
+        first = len(prompt) - 1  # the first position whose logits are a row
+        keep = self._keep_prefix(fed, limit=first)
+        out = np.empty((len(answer), self.n_vocab), dtype=np.float32)
+        llm, batch = self.llm, self.llm._batch.batch
+        try:
+            for start in range(keep, len(fed), llm.n_batch):
+                chunk = fed[start : start + llm.n_batch]
+                batch.n_tokens = len(chunk)
+                for i, token in enumerate(chunk):
+                    batch.token[i] = token
+                    batch.pos[i] = start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = start + i >= first
+                # Without any output requested some llama.cpp builds still compute the last
+                # row; asking for it keeps every build on the same, documented path.
+                batch.logits[len(chunk) - 1] = True
+                llm._ctx.decode(llm._batch)
+                # The Llama object's bookkeeping, as Llama.eval keeps it, so the next
+                # _feed sees exactly what the KV cache holds.
+                llm.input_ids[start : start + len(chunk)] = chunk
+                llm.n_tokens = start + len(chunk)
+                for i in range(max(0, first - start), len(chunk)):
+                    pointer = self._lib.llama_get_logits_ith(llm._ctx.ctx, i)
+                    if not pointer:
+                        raise RuntimeError(f"llama.cpp kept no logits for position {start + i}")
+                    row = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+                    out[start + i - first] = _log_softmax(row)
+        except Exception:
+            # A half-decoded chunk leaves the cache in an unknown state: start clean next time.
+            llm.reset()
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            raise
+        return out
+
+    def generate_ids(
+        self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, top_k: int = 5
+    ) -> list[tuple[list[int], bool, list[list[int]], str]]:
+        """Greedy continuation of each id list, with each step's top_k ids (before that
+        step's token is chosen), as (ids, stopped, top_ids, text) tuples."""
+        results = []
+        eog = set(self.eog_ids)
+        for raw in prompt_ids:
+            ids = self._ids(raw, "prompt")
+            logits = self._feed(ids, reserve=max_new_tokens)
+            new: list[int] = []
+            tops: list[list[int]] = []
+            stopped = False
+            while len(new) < max_new_tokens:
+                ranked = _top_ids(logits, max(1, top_k))
+                tops.append(ranked[:top_k])
+                token = ranked[0]  # argmax, the lowest id on ties
+                if token in eog:
+                    stopped = True
+                    break
+                new.append(token)
+                if len(new) >= max_new_tokens:
+                    break
+                self.llm.eval([token])
+                logits = self._last_logits()
+            text = self.llm.detokenize(new, special=True).decode("utf-8", errors="replace")
+            results.append((new, stopped, tops, text))
+        return results
+
     # ---- internals --------------------------------------------------------------------
+    def _ids(self, ids: Sequence[int], what: str) -> list[int]:
+        """Plain ints, each a token of this vocabulary (llama.cpp may abort on others)."""
+        out = [int(t) for t in ids]
+        bad = next((t for t in out if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise ValueError(f"the {what} holds token id {bad}, outside this GGUF's vocabulary of {self.n_vocab}")
+        return out
+
+    def _keep_prefix(self, ids: list[int], limit: int) -> int:
+        """How many leading ids the KV cache already holds (at most `limit`), with the
+        cache and the bookkeeping cut back to them."""
+        keep = 0
+        if self.reuse_prefix:
+            cached = self.llm.input_ids[: self.llm.n_tokens]
+            limit = min(len(cached), limit)
+            while keep < limit and cached[keep] == ids[keep]:
+                keep += 1
+        if keep == 0:
+            self.llm.reset()
+        self.llm.n_tokens = keep
+        self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        return keep
+
     def _last_logits(self) -> np.ndarray:
         # With logits_all=False `llm.scores` stays zero; read the context's last row instead.
         pointer = self._lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
@@ -148,21 +266,12 @@ class LlamaWorker:
                 f"a prompt of {len(ids)} tokens (+{reserve} to generate) does not fit n_ctx={self.n_ctx}; "
                 "raise evaluate.n_ctx"
             )
-        keep = 0
-        if self.reuse_prefix:
-            cached = self.llm.input_ids[: self.llm.n_tokens]
-            limit = min(len(cached), len(ids) - 1)
-            while keep < limit and cached[keep] == ids[keep]:
-                keep += 1
-        if keep == 0:
-            self.llm.reset()
-        self.llm.n_tokens = keep
-        self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        keep = self._keep_prefix(ids, limit=len(ids) - 1)
         self.llm.eval(ids[keep:])
         return self._last_logits()
 
 
-OPS = ("tokenize", "next_token_logprobs", "generate")
+OPS = ("tokenize", "next_token_logprobs", "generate", "teacher_forced_logprobs", "generate_ids")
 
 
 def serve(requests: Connection, replies: Connection) -> int:

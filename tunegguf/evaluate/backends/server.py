@@ -27,6 +27,12 @@ import numpy as np
 from tunegguf.errors import TuneGGUFError
 
 
+_NO_ANSWERS = (
+    "{url} is a server backend: it returns no full distributions over given token ids, and the answers "
+    "parity needs the GGUF file; pass --gguf NAME=FILE with the file it serves instead of --server"
+)
+
+
 class ServerBackend:
     """One model served at `base_url` (e.g. "http://127.0.0.1:8080")."""
 
@@ -83,6 +89,21 @@ class ServerBackend:
                                     f"{excerpt(json.dumps(choice))}")
             results.append((text, choice.get("finish_reason") == "stop"))
         return results
+
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+        """Not offered: the answers parity needs the full distribution at every answer
+        position, and neither server returns it. An OpenAI completion's `echo` + `logprobs`
+        gives at most the top-k per prompt token (llama-server has no echo at all), and it
+        takes text, which the server re-tokenizes, not the given ids; the KL over the full
+        vocabulary would be an approximation of an approximation."""
+        raise TuneGGUFError(_NO_ANSWERS.format(url=self.base_url))
+
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, top_k: int = 5) -> list[Any]:
+        """Not offered, for the same reason: the per-step top-k of a greedy answer from
+        given ids would need token-id prompts and per-step log-probs, which the servers
+        handle differently (or not), and the answers parity needs the teacher-forced rows
+        anyway."""
+        raise TuneGGUFError(_NO_ANSWERS.format(url=self.base_url))
 
     def close(self) -> None:
         """Nothing to free: the server belongs to whoever started it."""
