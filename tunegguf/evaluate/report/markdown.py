@@ -113,7 +113,10 @@ def template_checks_head(report: dict[str, Any]) -> dict[str, Any] | None:
     if not checks:
         return None
     verdict = {True: "all pass", False: "some FAIL"}.get(checks.get("passed"), "not checked")
-    return {"verdict": verdict, "gguf": checks.get("gguf") or "–", "diffs": list((checks.get("diffs") or {}).items())}
+    diffs = list((checks.get("diffs") or {}).items())
+    # The multi-turn conversation (system, user, assistant, user) catches templates that drop history.
+    diffs += [(f"multi-turn: {title}", diff) for title, diff in (checks.get("multi_turn_diffs") or {}).items()]
+    return {"verdict": verdict, "gguf": checks.get("gguf") or "–", "diffs": diffs}
 
 
 def diagnostics_markdown(report: dict[str, Any]) -> list[str]:
