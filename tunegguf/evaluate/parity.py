@@ -79,7 +79,8 @@ class NextTokenDivergence:
         # 0 * log 0 is 0; masking first keeps -inf - -inf from turning into NaN.
         with np.errstate(invalid="ignore"):
             terms = np.where(p > 0, p * (ref - other), 0.0)
-        self.kl.extend(terms.sum(axis=1).tolist())
+        # KL is never negative; float rounding on identical rows can give -1e-9.
+        self.kl.extend(np.maximum(terms.sum(axis=1), 0.0).tolist())
         self.top1.extend((ref.argmax(axis=1) == other.argmax(axis=1)).tolist())
 
     def result(self) -> dict[str, Any]:

@@ -99,7 +99,8 @@ def recommend(report: dict[str, Any], thresholds: EvaluateConfig | dict[str, Any
     smaller = [r for r in rows if r.size_bytes is not None and best.size_bytes is not None and r.size_bytes < best.size_bytes]
     why = f"{best.quant} is the smallest file whose parity holds"
     if best.agreement is not None:
-        why += f" (agreement {best.agreement:.1%}"
+        # For answers the agreement is the greedy match (identical, or within the top-5 rule).
+        why += f" ({'greedy match' if mode == 'answers' else 'agreement'} {best.agreement:.1%}"
         why += f", mean KL {best.mean_kl:.3g})" if best.mean_kl is not None else ")"
     if smaller:
         why += "; smaller files fail: " + ", ".join(f"{r.quant} ({r.reasons[0] if r.reasons else 'fails'})" for r in smaller)
