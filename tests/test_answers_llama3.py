@@ -61,9 +61,10 @@ EXAMPLES = [
 ]
 MULTI_TURN = [e for e in EXAMPLES if sum(m["role"] == "assistant" for m in e.messages) > 1]
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
-# Measured on the 2-layer model (f16 GGUF vs the bf16 checkpoint run by Transformers):
-# mean KL ~1e-6 nats per answer token. A conversion or template bug (a shifted position, a
-# dropped BOS, a wrong RoPE scaling) moves random-weight logits by far more than 1e-3.
+# Measured on the 2-layer model (f16 GGUF vs the bf16 checkpoint run by Transformers, 27
+# answer tokens, both formats): mean KL 3.5e-7 nats per answer token, max 1.4e-6, same top
+# token everywhere. The bounds leave ~1000x margin; a conversion or template bug (a shifted
+# position, a dropped or doubled BOS, a wrong RoPE scaling) moves the logits by far more.
 MAX_MEAN_KL = 1e-3
 MAX_KL = 1e-2
 
@@ -157,8 +158,15 @@ def test_tiny_llama3_covers_the_llama3_multi_turn_path(fmt, tiny_llama3_dir, tin
     checks = report["template_checks"]
     assert checks is not None and checks.get("error") is None
     by_name = {c["name"]: c for c in checks["checks"]}
-    bos_checks = [c for name, c in by_name.items() if name.startswith("bos_")]
-    assert bos_checks and all(c["passed"] for c in bos_checks), bos_checks
+    print("\n".join(f"  {c['name']}: {c['passed']} ({c['detail']})" for c in checks["checks"]))
+    # The ids training and the evaluation fed, and llama-cpp-python's chat path, hold one BOS.
+    for name in ("bos_training_prompt_hf_ids", "bos_llama_cpp_python_chat"):
+        assert by_name[name]["passed"], by_name[name]
+    # The same text sent as a raw prompt (llama-server /completion, llama-cli -p) gets a
+    # second BOS: the Llama 3 template writes one and the file's add_bos_token is true.
+    # The check must say so; the evaluation above is unaffected (it feeds ids, not text).
+    raw = by_name["bos_raw_prompt_add_bos_from_metadata"]
+    assert raw["passed"] is False and "double BOS" in raw["detail"], raw
     multi = [c for name, c in by_name.items() if name.startswith("multi_turn_")]
     assert multi and all(c["passed"] for c in multi), multi
     assert by_name["stop_gguf_eog"]["passed"]
@@ -166,7 +174,8 @@ def test_tiny_llama3_covers_the_llama3_multi_turn_path(fmt, tiny_llama3_dir, tin
     assert len(renderings) >= 3 and all(text.count(BOS) == 1 for text in renderings.values()), renderings
 
     # A verdict with its reasons; with the tokens and the distributions equal, only what a
-    # random model's near-tie greedy answers do may fail it.
+    # random model's near-tie greedy answers do may fail it. (Measured: parity holds, the 6
+    # greedy answers identical, none stopping within 8 tokens; not asserted, being chance.)
     verdict = report["verdicts"]["F16"]
     assert verdict["holds"] == (not verdict["reasons"])
     assert verdict["summary"].startswith("parity holds" if verdict["holds"] else "parity fails: ")
