@@ -528,7 +528,7 @@ def _recording_backends(monkeypatch, hf_dir):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from tunegguf.evaluate import runner
+    from tunegguf.evaluate import result
     from tunegguf.evaluate.backends.fake import FakeBackend
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
@@ -541,7 +541,8 @@ def _recording_backends(monkeypatch, hf_dir):
         return FakeBackend(spec.name, logits_for=logits, answer_for=lambda p: ("neg", True),
                            tokenize_for=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    monkeypatch.setattr(runner, "open_backend", open_backend)
+    # ModelSpec.of (evaluate/result.py) opens every model the runner scores.
+    monkeypatch.setattr(result, "open_backend", open_backend)
     return fed
 
 

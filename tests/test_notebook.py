@@ -79,7 +79,7 @@ def test_notebook_runs_in_order_on_the_cpu(tmp_path):
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     overrides = [
         f"run_dir={tmp_path / 'run'}", "finetune.max_steps=4", "finetune.eval_every=0", "finetune.baseline=false",
-        "data.max_eval_examples=12", "export.quants=[Q8_0]", "evaluate.modes=[labels]", "evaluate.bootstrap=50",
+        "data.max_eval_examples=12", "export.quants=[Q8_0]", "export.imatrix_quants=[]", "evaluate.modes=[labels]", "evaluate.bootstrap=50",
     ]
     params.source = (
         'TASK = "classification"\nCONFIG = "configs/demo.yaml"\nDATA = "demo"\n'

@@ -3,7 +3,7 @@ sorting by KL, the text filter and the mismatch checkbox.
 
 Needs the playwright package (its driver, not its browsers) and a chromium binary
 (/usr/bin/chromium, or TUNEGGUF_CHROMIUM); skips with the reason when either is absent.
-Writes a screenshot to docs/report_answers.png when TUNEGGUF_SCREENSHOT=1.
+Writes a screenshot to docs/report_answers_fixture.png when TUNEGGUF_SCREENSHOT=1 (the real demo report is docs/report_answers.png).
 """
 
 from __future__ import annotations
@@ -91,11 +91,11 @@ def test_divergence_is_marked(page):
     assert page.eval_on_selector_all("#examples tr[data-id='add-1'] mark", "ms => ms.length") == 0
 
 
-@pytest.mark.skipif(os.environ.get("TUNEGGUF_SCREENSHOT") != "1", reason="set TUNEGGUF_SCREENSHOT=1 to refresh docs/report_answers.png")
+@pytest.mark.skipif(os.environ.get("TUNEGGUF_SCREENSHOT") != "1", reason="set TUNEGGUF_SCREENSHOT=1 to refresh docs/report_answers_fixture.png")
 def test_screenshot(page):
     page.fill("#ex-filter", "")
     page.click("th button[data-sort='mkl1']")
-    target = Path(__file__).resolve().parents[1] / "docs" / "report_answers.png"
+    target = Path(__file__).resolve().parents[1] / "docs" / "report_answers_fixture.png"
     target.parent.mkdir(exist_ok=True)
     page.locator("#side-by-side").scroll_into_view_if_needed()
     page.evaluate("document.getElementById('side-by-side').scrollIntoView()")

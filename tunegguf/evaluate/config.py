@@ -121,6 +121,5 @@ class EvaluateConfig:
         if "generate" in self.modes and self.max_new_tokens >= self.n_ctx:
             raise ValueError(f"evaluate.max_new_tokens ({self.max_new_tokens}) leaves no room for the prompt in "
                              f"evaluate.n_ctx ({self.n_ctx}); raise n_ctx or lower max_new_tokens")
-        if self.answers.max_new_tokens >= self.n_ctx:
-            raise ValueError(f"evaluate.answers.max_new_tokens ({self.answers.max_new_tokens}) leaves no room for the "
-                             f"prompt in evaluate.n_ctx ({self.n_ctx}); raise n_ctx or lower answers.max_new_tokens")
+        # answers.max_new_tokens against n_ctx is checked per row when answer rows are scored
+        # (evaluate.run), so a classification config with a small n_ctx is not refused for it.
