@@ -161,6 +161,15 @@ class StageStep:
     top1_agreement: float | None
 
 
+def chain_steps(scored: Sequence[Any]) -> list[tuple[Any, Any, str]]:
+    """(parent, child, step name) for every scored model (with name, kind, file) that was made
+    from another one in the chain, in scoring order."""
+    by_name = {s.name: s for s in scored}
+    parents = stage_parents([(s.name, s.kind, s.file) for s in scored])
+    return [(by_name[parents[child.name]], child, step_name(by_name[parents[child.name]].kind, child.name, child.file))
+            for child in scored if child.name in parents]
+
+
 def stage_table(
     scored: Sequence[Any],
     y_true: Sequence[str],
@@ -174,16 +183,9 @@ def stage_table(
     Returns {"mode", "steps": [StageStep as dict], "largest_loss": step dict or None,
     "summary": one line}. The largest loss is the largest Δaccuracy, ties broken by KL.
     """
-    by_name = {s.name: s for s in scored}
-    parents = stage_parents([(s.name, s.kind, s.file) for s in scored])
     divergence = divergence or {}
     steps: list[StageStep] = []
-    for child in scored:
-        parent_name = parents.get(child.name)
-        if parent_name is None:
-            continue
-        parent = by_name[parent_name]
-        name = step_name(parent.kind, child.name, child.file)
+    for parent, child, name in chain_steps(scored):
         a, b = parent.predictions(mode), child.predictions(mode)
         if not (parent.ok and child.ok and a and len(a) == len(b)):
             steps.append(StageStep(parent.name, child.name, name, mode, None, None, None,

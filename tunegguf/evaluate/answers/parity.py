@@ -93,19 +93,12 @@ def answers_stage_table(
     top1_agreement over the answer tokens. The largest loss is the largest mean KL
     (answers may have no accuracy to lose), ties broken by lower agreement."""
     from tunegguf.evaluate.metrics import paired_accuracy_difference
-    from tunegguf.evaluate.stages import StageStep, stage_parents, step_name
+    from tunegguf.evaluate.stages import StageStep, chain_steps
     from tunegguf.evaluate.answers.metrics import compare_greedy, exact_match
 
-    by_name = {s.name: s for s in scored}
-    parents = stage_parents([(s.name, s.kind, s.file) for s in scored])
     divergence = divergence or {}
     steps: list[StageStep] = []
-    for child in scored:
-        parent_name = parents.get(child.name)
-        if parent_name is None:
-            continue
-        parent = by_name[parent_name]
-        name = step_name(parent.kind, child.name, child.file)
+    for parent, child, name in chain_steps(scored):
         a, b = parent.generations, child.generations
         if not (parent.ok and child.ok and a and len(a) == len(b)):
             steps.append(StageStep(parent.name, child.name, name, "answers", None, None, None,
