@@ -80,7 +80,7 @@ def source_fingerprint(source: str, setting: str | None, split_name: str) -> dic
 
         return {"path": "demo", "kind": "demo", "sha256": demo_sha256(), "version": DEMO_VERSION}
     if is_demo_instruct(source):
-        from tunegguf.data import demo_instruct
+        import tunegguf.data.demo_instruct as demo_instruct
 
         return {"path": "demo-instruct", "kind": "demo-instruct", "sha256": demo_instruct.demo_sha256(),
                 "version": demo_instruct.DEMO_VERSION}
@@ -347,7 +347,7 @@ def _load_demo() -> Table:
 
 
 def _load_demo_instruct() -> Table:
-    from tunegguf.data import demo_instruct
+    import tunegguf.data.demo_instruct as demo_instruct
 
     rows = demo_instruct.generate_demo()
     table = Table(rows=rows, columns=["messages", "skill"], source={}, name="demo-instruct", line_offset=0)
