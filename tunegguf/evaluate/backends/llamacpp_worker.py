@@ -118,25 +118,8 @@ class LlamaWorker:
         return out
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[tuple[str, bool]]:
-        results = []
-        eog = set(self.eog_ids)
-        for ids in self.tokenize(prompts):
-            logits = self._feed(ids, reserve=max_new_tokens)
-            new: list[int] = []
-            stopped = False
-            while True:
-                token = int(np.argmax(logits))  # greedy; first index on ties, as torch.argmax
-                if token in eog:
-                    stopped = True
-                    break
-                new.append(token)
-                if len(new) >= max_new_tokens:
-                    break
-                self.llm.eval([token])
-                logits = self._last_logits()
-            text = self.llm.detokenize(new, special=True).decode("utf-8", errors="replace")
-            results.append((text, stopped))
-        return results
+        # The same greedy loop as generate_ids (argmax, the lowest id on ties, as torch.argmax).
+        return [(text, stopped) for _, stopped, _, text in self.generate_ids(self.tokenize(prompts), max_new_tokens, 1)]
 
     def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
         """Log-softmax at every answer position: row j predicts answer_ids[j] after
