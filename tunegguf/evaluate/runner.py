@@ -18,7 +18,7 @@ from tunegguf.console import quiet_third_party
 from tunegguf.data.clean import reference_answer
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
-from tunegguf.evaluate.backends import Backend, BackendOptions, BackendSpec, ModelKind, open_backend
+from tunegguf.evaluate.backends import BackendOptions, BackendSpec, ModelKind
 from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.lengths import PromptLimit, fit_to_limit, row_name
 from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
