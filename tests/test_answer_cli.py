@@ -99,9 +99,7 @@ def test_prompts_render_through_the_gguf_template_and_system(shipped_gguf, tmp_p
     assert [r.example.instruction for r in read_requests(txt)] == ["Reverse the word cat", "Sort 3 1 2"]
 
 
-def test_multi_turn_conversation_goes_through_the_renderer_or_says_why_not(shipped_gguf, tmp_path):
-    from tunegguf.data.example import Example
-    from tunegguf.errors import TuneGGUFError
+def test_multi_turn_conversation_goes_through_the_renderer(shipped_gguf, tmp_path):
     from tunegguf.pipeline.answer import Answerer, read_requests, render_requests
     from tunegguf.prompts import PromptConfig
 
@@ -109,10 +107,6 @@ def test_multi_turn_conversation_goes_through_the_renderer_or_says_why_not(shipp
     file.write_text(json.dumps({"messages": [
         {"role": "user", "content": "Reverse the word cat"}, {"role": "assistant", "content": "tac"},
         {"role": "user", "content": "Now dog"}]}) + "\n")
-    if "messages" not in Example.__dataclass_fields__:
-        with pytest.raises(TuneGGUFError, match="chat.jsonl, line 1: a multi-turn conversation needs chat rows"):
-            read_requests(file)
-        return
     [prompt] = render_requests(Answerer(gguf=shipped_gguf, prompt=PromptConfig()), read_requests(file))
     assert "Reverse the word cat<|im_end|>\n<|im_start|>assistant\ntac<|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>user\nNow dog<|im_end|>\n<|im_start|>assistant\n")

@@ -279,15 +279,13 @@ def _multi_turn(renderer: Any, tokenizer: Any, gguf: dict[str, Any], modelfile: 
 
 
 def _training_conversation(renderer: Any, messages: list[dict[str, str]]) -> Any:
-    """A callable rendering `messages` as training does, or None when the renderer has no
-    conversations (alpaca is single-turn; chat rows came with Example.messages)."""
+    """A callable rendering `messages` as training does, or None for alpaca (single-turn)."""
     from tunegguf.data.example import Example
 
-    if renderer.config.format == "alpaca" or "messages" not in Example.__dataclass_fields__:
+    if renderer.config.format == "alpaca":
         return None
-    # The renderer's prompt is the conversation before the last assistant turn: the
-    # placeholder turn after the last user turn makes it the whole conversation.
-    example = Example(id="multi-turn check", messages=messages + [{"role": "assistant", "content": "x"}])  # type: ignore[call-arg]
+    # A conversation ending with the user turn renders as the whole prompt.
+    example = Example(id="multi-turn check", messages=messages)
     return lambda: renderer.render(example).prompt
 
 

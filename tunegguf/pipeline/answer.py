@@ -20,10 +20,6 @@ from tunegguf.pipeline.stagebook import read_stages
 from tunegguf.prompts import PromptConfig, PromptRenderer, TemplateTokens
 
 ROLES = ("system", "user", "assistant")
-_PLACEHOLDER = "(answer)"
-"""Content of the assistant turn put after a conversation that ends with the user: the
-renderer's prompt is the conversation before the last assistant turn, so the placeholder
-itself is never rendered into the prompt."""
 
 
 @dataclass(frozen=True)
@@ -217,11 +213,8 @@ def _conversation(messages: Any, row_id: str, where: str, given: Any) -> Request
         # One user turn: the same Example as a bare prompt, so every prompt format renders it.
         return Request(row_id, where, Example(id=row_id, instruction=rest[0]["content"]),
                        system=system[0]["content"] if system else None, reference=reference, given=given)
-    if "messages" not in Example.__dataclass_fields__:
-        raise TuneGGUFError(f"{where}: a multi-turn conversation needs chat rows (task: chat), which this "
-                            "tunegguf does not have yet; give the last user turn alone")
-    convo = body + [{"role": "assistant", "content": reference if reference is not None else _PLACEHOLDER}]
-    return Request(row_id, where, Example(id=row_id, messages=convo), reference=reference, given=given)  # type: ignore[call-arg]
+    # A conversation ending with the user renders as the whole prompt, ready for the answer.
+    return Request(row_id, where, Example(id=row_id, messages=body), reference=reference, given=given)
 
 
 # ---- answering -----------------------------------------------------------------------------
