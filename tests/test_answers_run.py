@@ -138,11 +138,12 @@ def test_identical_perturbed_never_stopping_and_broken_ggufs(tmp_path, reports, 
                                          "stage_bytes": 9 * VOCAB * 4}
 
     # RAM bound, structurally: one memory-mapped [answer tokens, vocab] store, read one
-    # answer's slice at a time, and removed with its scratch directory afterwards.
+    # batch's slice at a time (batch_size=3 answers: tokens 0-6, then the last answer's
+    # 6-9), and removed with its scratch directory afterwards.
     (store,) = stores
     assert issubclass(store.kind, np.memmap) and store.shape == (9, VOCAB)
-    rows = [(0, 3), (3, 5), (5, 6), (6, 9)]
-    # f16 reads each answer twice (its parity, and the stage table's HF -> f16 step, which
+    rows = [(0, 6), (6, 9)]
+    # f16 reads each batch twice (its parity, and the stage table's HF -> f16 step, which
     # shares this store rather than copying it); the quants' stage parent is f16.
     assert store.reads == [r for r in rows for _ in range(2)] + rows * 2
     assert not store.file.exists() and not list((tmp_path / "out").glob(".*.tmp"))

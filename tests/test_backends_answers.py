@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tunegguf.errors import TuneGGUFError
-from tunegguf.evaluate.backends.base import TokenGeneration, top_ids
+from tunegguf.evaluate.backends.base import TokenGeneration, split_answer_rows, top_ids
 
 QUESTIONS = [
     "What is the capital of France? Answer with the city name only.",
@@ -49,7 +49,7 @@ def test_server_backend_refuses_the_answers_verbs_in_one_line():
 
     server = ServerBackend.__new__(ServerBackend)  # no server needed: the verbs never reach one
     server.base_url = "http://127.0.0.1:8080"
-    for call in (lambda: server.teacher_forced_logprobs([1, 2], [3]), lambda: server.generate_ids([[1, 2]], 4)):
+    for call in (lambda: server.teacher_forced_logprobs([[1, 2]], [[3]]), lambda: server.generate_ids([[1, 2]], 4)):
         expected = r"server backend.*answers parity needs the GGUF file; pass --gguf"
         with pytest.raises(TuneGGUFError, match=expected) as err:
             call()
@@ -84,7 +84,7 @@ def hf_answers(smollm2_dir):
     prompt_ids, answer_ids, prompts, eot = chat_ids(smollm2_dir)
     backend = HFBackend(smollm2_dir, batch_size=3)
     try:
-        forced = [backend.teacher_forced_logprobs(p, a) for p, a in zip(prompt_ids, answer_ids)]
+        forced = split_answer_rows(backend.teacher_forced_logprobs(prompt_ids, answer_ids), answer_ids)
         prefixes = [backend.tokenizer.decode(prompt_ids[0] + answer_ids[0][:j], skip_special_tokens=False)
                     for j in range(len(answer_ids[0]))]
         assert backend.tokenize(prefixes) == [prompt_ids[0] + answer_ids[0][:j] for j in range(len(answer_ids[0]))]
@@ -96,11 +96,11 @@ def hf_answers(smollm2_dir):
             "single": [backend.generate_ids([ids], BUDGET)[0] for ids in prompt_ids],
         }
         with pytest.raises(TuneGGUFError, match=r"token id 49152, outside hf's vocabulary of 49152"):
-            backend.teacher_forced_logprobs(prompt_ids[0], [49152])
-        ref["after_error"] = backend.teacher_forced_logprobs(prompt_ids[0], answer_ids[0])
+            backend.teacher_forced_logprobs([prompt_ids[0]], [[49152]])
+        ref["after_error"] = backend.teacher_forced_logprobs([prompt_ids[0]], [answer_ids[0]])
         # Longer than one llama.cpp batch (512 ids): its rows straddle the chunk boundary.
         ref["long_prompt"] = (prompt_ids[1] * 20)[: 512 - len(prompt_ids[0]) - 3] + prompt_ids[0]
-        ref["long_forced"] = backend.teacher_forced_logprobs(ref["long_prompt"], answer_ids[0])
+        ref["long_forced"] = backend.teacher_forced_logprobs([ref["long_prompt"]], [answer_ids[0]])
     finally:
         backend.close()
     return ref
@@ -152,22 +152,22 @@ def test_llamacpp_answers_match_transformers(hf_answers, smollm2_f16_gguf):
 
     prompt_ids, answer_ids = hf_answers["prompt_ids"], hf_answers["answer_ids"]
     with LlamaCppBackend(smollm2_f16_gguf, n_ctx=1024, n_threads=1) as gguf:
-        forced = [gguf.teacher_forced_logprobs(p, a) for p, a in zip(prompt_ids, answer_ids)]
+        forced = split_answer_rows(gguf.teacher_forced_logprobs(prompt_ids, answer_ids), answer_ids)
         generated = gguf.generate_ids(prompt_ids, BUDGET)
         stepwise = gguf.next_token_logprobs(hf_answers["prefixes"])
 
         # Garbage in: a clean one-line error, and the worker keeps answering the same.
         with pytest.raises(TuneGGUFError, match=r"token id 49152, outside this GGUF's vocabulary of 49152"):
-            gguf.teacher_forced_logprobs(prompt_ids[0], [answer_ids[0][0], 49152])
+            gguf.teacher_forced_logprobs([prompt_ids[0]], [[answer_ids[0][0], 49152]])
         with pytest.raises(TuneGGUFError, match=r"token id -1, outside"):
             gguf.generate_ids([[-1]], 2)
         too_long = (rf"a prompt of {len(prompt_ids[0])} tokens \+ an answer of {len(answer_ids[0]) * 100} "
                     r"does not fit n_ctx=1024")
         with pytest.raises(TuneGGUFError, match=too_long):
-            gguf.teacher_forced_logprobs(prompt_ids[0], answer_ids[0] * 100)
-        np.testing.assert_array_equal(gguf.teacher_forced_logprobs(prompt_ids[0], answer_ids[0]), forced[0])
+            gguf.teacher_forced_logprobs([prompt_ids[0]], [answer_ids[0] * 100])
+        np.testing.assert_array_equal(gguf.teacher_forced_logprobs([prompt_ids[0]], [answer_ids[0]]), forced[0])
 
-        long_forced = gguf.teacher_forced_logprobs(hf_answers["long_prompt"], answer_ids[0])
+        long_forced = gguf.teacher_forced_logprobs([hf_answers["long_prompt"]], [answer_ids[0]])
 
     for hf_rows, rows in zip(hf_answers["forced"], forced):
         assert rows.shape == hf_rows.shape and rows.dtype == np.float32
@@ -210,7 +210,7 @@ def test_teacher_forcing_positions_are_exact_and_the_cache_stays_consistent(hf_a
     try:
         worker.reuse_prefix = False
         whole = np.stack([_log_softmax(worker._feed(prompt + answer[:j])) for j in (0, 5, len(answer) - 1)])
-        single = np.stack([worker.teacher_forced_logprobs(prompt + answer[:j], [answer[j]])[0]
+        single = np.stack([worker.teacher_forced_logprobs([prompt + answer[:j]], [[answer[j]]])[0]
                            for j in (0, 5, len(answer) - 1)])
         np.testing.assert_array_equal(single, whole)
 
@@ -218,7 +218,7 @@ def test_teacher_forcing_positions_are_exact_and_the_cache_stays_consistent(hf_a
         evaluated: list[int] = []
         original_eval = worker.llm.eval
         worker.llm.eval = lambda tokens: (evaluated.append(len(tokens)), original_eval(tokens))[1]
-        worker.teacher_forced_logprobs(prompt, answer)
+        worker.teacher_forced_logprobs([prompt], [answer])
         after = _log_softmax(worker._feed(prompt + answer))  # reuses prompt + answer[:-1]
         assert evaluated == [1]
         worker.llm.reset()

@@ -61,7 +61,7 @@ class _Tee:
 
     The scorer asks for the rows in order, so a running offset gives each block's first row:
     next_token_logprobs returns a batch of prompts (row = prompt), teacher_forced_logprobs
-    one answer (row = answer token, the offset counting tokens over all answers).
+    a batch of answers (row = answer token, the offset counting tokens over all answers).
     Everything else passes through untouched.
     """
 

@@ -2,8 +2,8 @@
 
 The same token ids go to every backend. The HF reference writes its log-probs at every
 answer token into a memory-mapped [total_answer_tokens, vocab] float32 file; each GGUF
-after it reads its rows' slices back one row at a time, so RAM holds one answer's
-[T, vocab] per model, never tokens × vocab. Exact: the full vocabulary, no top-k.
+after it reads its rows' slices back one batch of answers at a time (evaluate.batch_size
+pairs per request), so RAM holds one batch's [tokens, vocab] per model, never all of them. Exact: the full vocabulary, no top-k.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate.answers.metrics import TeacherForcedStats, position_stats, token_nll
 from tunegguf.evaluate.backends import Backend, ModelKind
-from tunegguf.evaluate.backends.base import TOP_K, TokenGeneration
+from tunegguf.evaluate.backends.base import TOP_K, TokenGeneration, split_answer_rows
 
 
 @dataclass
@@ -100,7 +100,8 @@ def score_answers(
     scores.info.setdefault("load_seconds", round(time.perf_counter() - started, 3))
     try:
         scores.token_ids = backend.tokenize(list(prompts))
-        _teacher_forced(backend, scores, prompt_ids, answer_ids, write_reference, read_reference, reference_vocab)
+        _teacher_forced(backend, scores, prompt_ids, answer_ids, batch_size, write_reference, read_reference,
+                        reference_vocab)
         _generate(backend, scores, prompt_ids, max_new_tokens, batch_size, top_k)
     except TuneGGUFError as exc:
         scores.error = str(exc)
@@ -109,37 +110,51 @@ def score_answers(
     return scores
 
 
-def _teacher_forced(backend, scores, prompt_ids, answer_ids, write_reference, read_reference, reference_vocab):
+def _teacher_forced(backend, scores, prompt_ids, answer_ids, batch_size, write_reference, read_reference,
+                    reference_vocab):
     n = len(answer_ids)
     offsets = answer_offsets(answer_ids)
     compare = read_reference is not None
     tracker = TeacherForcedStats(n) if compare else None
     seconds = 0.0
     with _progress(offsets[-1], f"{scores.name} teacher-forced", "tok") as bar:
-        for i, (prompt, answer) in enumerate(zip(prompt_ids, answer_ids)):
-            if not answer:
+        for first in range(0, n, batch_size):
+            # Pairs with an empty answer have no row to score; the rest go in one request.
+            batch = [i for i in range(first, min(first + batch_size, n)) if answer_ids[i]]
+            for i in range(first, min(first + batch_size, n)):
                 scores.nll.append(0.0)
                 scores.n_tokens.append(0)
+            if not batch:
                 continue
             t0 = time.perf_counter()
-            rows = backend.teacher_forced_logprobs(list(prompt), list(answer))
+            rows = backend.teacher_forced_logprobs([list(prompt_ids[i]) for i in batch],
+                                                   [list(answer_ids[i]) for i in batch])
             seconds += time.perf_counter() - t0
-            if rows.shape[0] != len(answer):
-                raise TuneGGUFError(f"{scores.name}: the backend returned {rows.shape[0]} log-prob rows for an "
-                                    f"answer of {len(answer)} tokens (row {i + 1}); its teacher_forced_logprobs is broken")
+            expected = sum(len(answer_ids[i]) for i in batch)
+            if rows.shape[0] != expected:
+                raise TuneGGUFError(f"{scores.name}: the backend returned {rows.shape[0]} log-prob rows for "
+                                    f"answers of {expected} tokens (rows {batch[0] + 1}-{batch[-1] + 1}); "
+                                    "its teacher_forced_logprobs is broken")
             if scores.vocab_size is None:
                 scores.vocab_size = int(rows.shape[1])
-            scores.nll.append(float(token_nll(rows, answer).sum()))
-            scores.n_tokens.append(len(answer))
-            start = offsets[i]
+            # The batch's answers are consecutive in the store (empty ones take no room),
+            # so the whole block is written and read at the first answer's offset.
+            start = offsets[batch[0]]
             if write_reference is not None:
                 write_reference(start, rows)
+            reference = None
             if compare and scores.vocab_mismatch is None:
                 if rows.shape[1] != reference_vocab:
                     scores.vocab_mismatch = f"HF {reference_vocab} vs {scores.name} {rows.shape[1]}"
                 else:
-                    tracker.add(i, position_stats(read_reference(start, start + len(answer)), rows, answer))
-            bar.update(len(answer))
+                    reference = read_reference(start, start + expected)
+            for i, block in zip(batch, split_answer_rows(rows, [answer_ids[i] for i in batch])):
+                scores.nll[i] = float(token_nll(block, answer_ids[i]).sum())
+                scores.n_tokens[i] = len(answer_ids[i])
+                if reference is not None:
+                    at = offsets[i] - start
+                    tracker.add(i, position_stats(reference[at : at + len(block)], block, answer_ids[i]))
+            bar.update(expected)
     if compare and scores.vocab_mismatch is None:
         scores.teacher_forced = tracker
     total = offsets[-1]

@@ -52,10 +52,15 @@ class Backend(Protocol):
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
         """Greedy completion of each prompt: (text without the stop token, stopped at EOS)."""
 
-    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
-        """Log-softmax over the whole vocabulary at every answer position, fed exactly these
-        ids (no tokenizing, no BOS added): [len(answer_ids), vocab] float32, where row j is
-        the distribution of answer_ids[j] given prompt_ids + answer_ids[:j]."""
+    def teacher_forced_logprobs(
+        self, prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[int]]
+    ) -> np.ndarray:
+        """Log-softmax over the whole vocabulary at every answer position of each
+        (prompt, answer) pair, fed exactly these ids (no tokenizing, no BOS added):
+        [sum of len(answer), vocab] float32, the pairs' rows one after the other, where
+        row j of pair i is the distribution of answer_ids[i][j] given
+        prompt_ids[i] + answer_ids[i][:j]. An empty answer contributes no row. Batched like
+        generate_ids, so a runtime may score many pairs in one pass."""
 
     def generate_ids(
         self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, top_k: int = TOP_K
@@ -89,3 +94,11 @@ def top_ids(logits: np.ndarray, k: int) -> list[int]:
     candidates = np.flatnonzero(x >= threshold)
     order = np.argsort(-x[candidates], kind="stable")[:k]
     return [int(t) for t in candidates[order]]
+
+
+def split_answer_rows(rows: np.ndarray, answer_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """teacher_forced_logprobs' concatenated rows cut back into one block per answer."""
+    bounds = np.cumsum([0] + [len(a) for a in answer_ids])
+    if rows.shape[0] != bounds[-1]:
+        raise ValueError(f"{rows.shape[0]} log-prob rows for answers of {int(bounds[-1])} tokens in all")
+    return [rows[bounds[i] : bounds[i + 1]] for i in range(len(answer_ids))]

@@ -59,14 +59,16 @@ class FakeBackend:
         self._maybe_fail("generate")
         return [self._answer_for(p) for p in prompts]
 
-    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]],
+                                answer_ids: Sequence[Sequence[int]]) -> np.ndarray:
         self.calls.append("teacher_forced_logprobs")
         self._maybe_fail("teacher_forced_logprobs")
-        context = list(prompt_ids)
         rows = []
-        for token in answer_ids:
-            rows.append(self._ids_logits(context))
-            context.append(int(token))
+        for prompt, answer in zip(prompt_ids, answer_ids, strict=True):
+            context = list(prompt)
+            for token in answer:
+                rows.append(self._ids_logits(context))
+                context.append(int(token))
         return log_softmax(np.stack(rows)) if rows else np.zeros((0, 0), dtype=np.float32)
 
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,

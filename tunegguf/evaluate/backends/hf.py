@@ -107,7 +107,12 @@ class HFBackend:
                     results.append((self.tokenizer.decode(kept, skip_special_tokens=False), stop is not None))
         return results
 
-    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]],
+                                answer_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        blocks = [self._teacher_forced_one(p, a) for p, a in zip(prompt_ids, answer_ids, strict=True)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.info["vocab_size"]), dtype=np.float32)
+
+    def _teacher_forced_one(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
         """One forward over prompt + answer[:-1] (the last answer token predicts nothing
         here), with `logits_to_keep` so only the len(answer) positions that predict an
         answer token go through the LM head: memory len(answer) x vocab, not total x vocab."""

@@ -69,8 +69,11 @@ class LlamaCppBackend:
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[tuple[str, bool]]:
         return self._request(("generate", (list(prompts), max_new_tokens)))
 
-    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
-        return self._request(("teacher_forced_logprobs", ([int(t) for t in prompt_ids], [int(t) for t in answer_ids])))
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]],
+                                answer_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        prompts = [[int(t) for t in ids] for ids in prompt_ids]
+        answers = [[int(t) for t in ids] for ids in answer_ids]
+        return self._request(("teacher_forced_logprobs", (prompts, answers)))
 
     def generate_ids(
         self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, top_k: int = TOP_K

@@ -121,7 +121,15 @@ class LlamaWorker:
         # The same greedy loop as generate_ids (argmax, the lowest id on ties, as torch.argmax).
         return [(text, stopped) for _, stopped, _, text in self.generate_ids(self.tokenize(prompts), max_new_tokens, 1)]
 
-    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]],
+                                answer_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Every pair's answer rows, one after the other (the Backend protocol's shape)."""
+        if len(prompt_ids) != len(answer_ids):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(answer_ids)} answers")
+        blocks = [self._teacher_forced_one(p, a) for p, a in zip(prompt_ids, answer_ids)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.n_vocab), dtype=np.float32)
+
+    def _teacher_forced_one(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
         """Log-softmax at every answer position: row j predicts answer_ids[j] after
         prompt_ids + answer_ids[:j].
 

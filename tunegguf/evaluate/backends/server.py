@@ -90,7 +90,8 @@ class ServerBackend:
             results.append((text, choice.get("finish_reason") == "stop"))
         return results
 
-    def teacher_forced_logprobs(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]],
+                                answer_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Not offered: the answers parity needs the full distribution at every answer
         position, and neither server returns it. An OpenAI completion's `echo` + `logprobs`
         gives at most the top-k per prompt token (llama-server has no echo at all), and it
