@@ -145,13 +145,22 @@ def normalize_setting(value: Any) -> Setting:
 
 
 def resolve_extra_buffers(setting: Any = "auto", n_threads: int | None = None, *,
-                          timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+                          timeout_s: float = DEFAULT_TIMEOUT_S, log: Any = None) -> bool:
     """The bool the llama.cpp worker loads with: true/false as given; auto: this host's
-    probe (cached, else run now in child processes, a few seconds once per host)."""
+    probe (cached, else run now in child processes, a few seconds once per host; `log`,
+    stderr by default, says so and gives the verdict)."""
     setting = normalize_setting(setting)
     if setting != "auto":
         return setting
-    return bool(probe_extra_buffers(n_threads, timeout_s=timeout_s)["safe"])
+    record = cached_probe()
+    if record is None:
+        if log is None:
+            from tunegguf.console import say as log
+        log("evaluate.llama_extra_buffers: auto: probing llama.cpp's fast CPU kernels on this host "
+            "(once; the verdict is cached, `tunegguf doctor` shows it)")
+        record = probe_extra_buffers(n_threads, timeout_s=timeout_s)
+        log(f"llama.cpp extra buffers {describe(record)}")
+    return bool(record["safe"])
 
 
 def describe(record: dict[str, Any]) -> str:
