@@ -89,6 +89,11 @@ def child(path: str, extra: bool, threads: int) -> None:
         "repacked_tensors": len(re.findall(r"repack tensor ", text)),
         "last_row_top5": [int(t) for t in np.argsort(-logits[-1])[:5]],
     }))
+    # Skip interpreter teardown: llama-cpp-python 0.3.36 prints a TypeError from its
+    # ExitStack when the model is freed at exit, which would bury the log lines above.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def requantize(src: Path, dst: Path, quant: str) -> None:

@@ -448,7 +448,7 @@ def _child_make(src: str, dst: str, quant: str) -> int:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
     params.allow_requantize = True  # the source is the shipped Q4_1: the probe needs the layout, not the accuracy
-    params.nthread = 1
+    params.nthread = 0  # all cores: Q4_K_M's search is the slowest step of a first probe
     rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
         print(f"error: llama_model_quantize returned {rc}", file=sys.stderr)
