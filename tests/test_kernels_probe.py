@@ -176,7 +176,7 @@ def test_the_description_names_the_verdict_and_each_type():
         {"type": "Q4_0", "status": "crash", "repacked": 210}]}
     line = kernels.describe(record)
     assert line.startswith("off (unsafe): Q4_0: killed by SIGSEGV; Q4_1 safe (0 tensors repacked, max KL 0)")
-    assert "Q4_0 crash (210 tensors repacked)" in line and line.endswith("[probed now]")
+    assert "Q4_0 crash (210 tensors repacked)" in line and line.endswith("(probed now)")
 
 
 def test_doctor_reports_the_record_and_the_cpu_flags(own_cache, monkeypatch):

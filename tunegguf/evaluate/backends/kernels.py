@@ -175,8 +175,9 @@ def describe(record: dict[str, Any]) -> str:
             part += ")"
         parts.append(part)
     verdict = "on (safe)" if record["safe"] else "off (unsafe)"
-    where = "cached" if record.get("cached") else "probed now"
-    return f"{verdict}: {record['reason']}; {'; '.join(parts) or 'nothing measured'} [{where}]"
+    # No [brackets]: doctor's rich table would take them for markup.
+    where = "stored verdict" if record.get("cached") else "probed now"
+    return f"{verdict}: {record['reason']}; {'; '.join(parts) or 'nothing measured'} ({where})"
 
 
 # ---- the probe (parent side) ------------------------------------------------------------
