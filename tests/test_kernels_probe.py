@@ -211,3 +211,24 @@ def test_a_real_probe_on_this_machine(own_cache):
         assert record["files"][1]["repacked"] > 0 and "CPU_REPACK" in record["files"][1]["buffers"]
     assert kernels.cached_probe(("Q4_1", "Q4_0"))["safe"] == record["safe"]
     assert (own_cache / "llama_cpp" / "probe" / "SmolLM2-135M-Instruct.Q4_0.gguf").is_file()
+
+
+def test_verify_skips_the_crashing_attempt_when_the_probe_said_unsafe(tmp_path, monkeypatch):
+    from tunegguf.export import verify as verify_module
+    from tunegguf.export.verify_worker import CHECKS
+
+    seen = []
+
+    def fake_worker(paths, reference, prompt_text, max_tokens, threads, timeout_s, extra):
+        seen.append(extra)
+        rows = [{"file": str(p), "check": c, "status": "pass", "detail": "ok"} for p in paths for c in CHECKS]
+        return verify_module._Batch(rows, 0, "")
+
+    monkeypatch.setattr(verify_module, "_run_worker", fake_worker)
+    monkeypatch.setattr(verify_module, "_HOST_NEEDS_PLAIN_BUFFERS", False)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"x")
+    [result] = verify_module.verify_files([model], extra_buffers=False)
+    assert seen == [False] and result.notes == [verify_module.PLAIN_BUFFERS_PROBED]
+    [result] = verify_module.verify_files([model])  # no verdict given: today's first attempt, with them
+    assert seen == [False, True] and result.notes == []

@@ -96,6 +96,10 @@ PLAIN_BUFFERS_EARLIER = (
     "checked without llama.cpp's extra CPU buffer types (AMX / repacked weights), which "
     "crashed llama.cpp on an earlier file on this host"
 )
+PLAIN_BUFFERS_PROBED = (
+    "checked without llama.cpp's extra CPU buffer types (AMX / repacked weights): this host's "
+    "kernel probe found them unsafe (`tunegguf doctor`)"
+)
 
 
 @dataclass
@@ -165,6 +169,7 @@ def verify_files(
     threads: int | None = None,
     timeout_s: float = 900,
     tokenizer: Any = None,
+    extra_buffers: bool | None = None,
 ) -> list[VerifyResult]:
     """Verify several files with one child process (`tokenizer`: the HF tokenizer of
     `hf_dir` when the caller has it loaded already).
@@ -172,6 +177,8 @@ def verify_files(
     A crash only costs the file being checked: a new child takes the remaining files. A
     crash of a file that loaded is retried once without llama.cpp's extra CPU buffer types
     (a llama.cpp bug on some CPUs, not a bad file); the result then carries a note.
+    `extra_buffers=False` (a caller that has this host's kernel-probe verdict,
+    tunegguf.evaluate.backends.kernels.cached_verdict) skips that crashing first attempt.
     """
     global _HOST_NEEDS_PLAIN_BUFFERS
     paths = [Path(p) for p in paths]
@@ -196,13 +203,15 @@ def verify_files(
     results: dict[Path, VerifyResult] = {}
     pending = list(paths)
     retried: set[Path] = set()
+    probed_unsafe = extra_buffers is False
     while pending:
-        extra = not _HOST_NEEDS_PLAIN_BUFFERS
+        extra = not _HOST_NEEDS_PLAIN_BUFFERS and not probed_unsafe
         batch = _run_worker(pending, reference, prompt_text, max_tokens, threads, timeout_s, extra)
         for index, path in enumerate(pending):
             checks, interrupted = _checks_of(path, batch, timeout_s)
             if not interrupted:
-                notes = [PLAIN_BUFFERS_EARLIER] if not extra and checks[0].status == "pass" else []
+                plain_note = PLAIN_BUFFERS_PROBED if probed_unsafe else PLAIN_BUFFERS_EARLIER
+                notes = [plain_note] if not extra and checks[0].status == "pass" else []
                 if path in retried:
                     notes = [PLAIN_BUFFERS_NOTE]
                 results[path] = VerifyResult(str(path), checks, notes)
