@@ -3,8 +3,8 @@
 llama.cpp repacks quantized weights at load time into CPU-specific layouts: CPU_REPACK
 (AVX2 / AVX-512 / NEON interleaved blocks, e.g. q4_0_8x8, q4_K_8x8) and, on Xeons with AMX,
 the AMX buffer type (Q4_0, Q4_1, Q8_0, K-quants). On one AMX machine that path segfaulted in
-the first decode of quantized SmolLM2 files (llama.cpp #20824 is the same crash, still open);
-on others it runs and is faster. So the setting is decided per host: a child process loads
+the first decode of quantized SmolLM2 files (it matches llama.cpp #20824, a segfault in
+ggml_backend_amx_mul_mat, open and unfixed); on others it runs and is faster. So the setting is decided per host: a child process loads
 small quantized files with and without the extra buffers and compares the logits. The
 record is cached in the user cache, keyed by what decides the outcome: the llama-cpp-python
 build, the CPU model and the instruction-set flags the kernels dispatch on.
@@ -45,19 +45,19 @@ PROBE_PROMPT = ("<|im_start|>user\nReview: a quiet, patient film; the lead carri
 GREEDY_STEPS = 4
 
 # Tolerances, in nats, of the extra-buffer logits against the plain ones. Repacked kernels
-# do the same quantized dot products in another order (and AVX2's gemm quantizes the
-# activations in groups of 4 rows), so they are not bit-identical: on an AVX2 EPYC with
-# Q4_0 and Q4_K_M the largest per-row KL was 0.007 and the largest |delta log-prob| on the
-# plain top-10 tokens 0.3, the same size as the plain kernels' own batched-vs-one-at-a-time
-# difference (recorded as `plain_noise_kl`). A broken kernel (upstream PR #16315: AMX gave
-# garbage on Q4_0/Q4_1) is off by whole nats and changes the argmax.
+# do the same quantized dot products in another order, so they are not bit-identical: on
+# an AVX2 EPYC the largest per-row KL was 0.016 (Q4_0) and 0.010 (Q4_K_M), the largest
+# |delta log-prob| on the plain top-10 tokens 0.58 and 0.68; the plain kernels' own
+# batched-vs-one-at-a-time KL on the same rows was 0.022 and 0.015 (recorded per type as
+# `plain_noise_kl`). A broken kernel (upstream PR #16315: AMX gave garbage on Q4_0/Q4_1)
+# is off by whole nats and changes confident argmaxes.
 MAX_KL = 0.05
 MAX_TOP_DELTA = 1.0
 TOP_K = 10
 NEAR_TIE = 0.5
 """A top token may change only where the plain top-2 log-probs are closer than this: the
-plain kernels' own batched-vs-one-at-a-time runs swapped rows with margins up to 0.21 here
-(and the extra buffers up to 0.14); a broken kernel flips confident rows too."""
+plain kernels' own batched-vs-one-at-a-time runs swapped rows with margins up to 0.21 on
+the AVX2 EPYC, the extra buffers up to 0.14; a broken kernel flips confident rows too."""
 
 DEFAULT_TIMEOUT_S = 180.0
 """Per probed file (two loads, two short decodes of a 135M model: about 2 s idle). A hang
