@@ -117,12 +117,15 @@ print(json.dumps({"seconds": best, "info": {m: models[m][1] for m in models}, "a
 
 def bench_files(model_dir: Path, types: list[str]) -> dict[str, Path]:
     """SmolLM2 quant files made from the f16 conversion once (cache_dir()/bench)."""
-    from evaluate_overhead import default_gguf
-
+    from tunegguf.export.convert import convert_to_gguf
     from tunegguf.export.quantize import quantize_gguf
+    from tunegguf.io import cache_dir
     from tunegguf.models.smollm2 import shipped_gguf
 
-    f16 = default_gguf(model_dir)
+    # The same f16 file benchmarks/evaluate_overhead.py converts, shared through the cache.
+    f16 = cache_dir() / "bench" / "smollm2-135m-f16.gguf"
+    if not f16.is_file():
+        convert_to_gguf(model_dir, f16, "f16")
     files = {}
     for quant in types:
         if quant == "Q4_1":
@@ -158,7 +161,7 @@ def main() -> None:
     files = bench_files(model_dir, [t.strip() for t in args.types.split(",") if t.strip()])
     load_before = os.getloadavg()
 
-    results = {}
+    results, system_info = {}, None
     for quant, path in files.items():
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump({"gguf": str(path), "threads": args.threads, "prompts": prompts, "rounds": args.rounds,
@@ -193,7 +196,7 @@ def main() -> None:
                 "avx512": any(f.startswith("avx512") for f in cpu["flags"]),
                 "amx": any(f.startswith("amx") for f in cpu["flags"]), "cpu_count": os.cpu_count()},
         "llama_cpp_python": kernels.llama_cpp_version(),
-        "llama_cpp_system_info": locals().get("system_info"),
+        "llama_cpp_system_info": system_info,
         "threads": args.threads, "prompts": len(prompts), "rounds": args.rounds,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
