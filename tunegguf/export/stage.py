@@ -307,11 +307,14 @@ def run(
     labels: list[str] | None = None,
     sample: Example | None = None,
     calibration: list[Example] | None = None,
+    extra_buffers: bool | None = None,
     log: Log = say,
 ) -> ExportResult:
     """Export `base_model` (+ the LoRA in `adapter_dir`) to verified GGUF files under out_dir.
 
     `calibration`: training rows for the importance matrix of `config.imatrix_quants`.
+    `extra_buffers`: this host's kernel-probe verdict when the caller has one (False spares
+    verification the load that would crash); None tries them and falls back on a crash.
     `log` gets one line per step (merge, convert, each quant, verification).
     """
     quiet_third_party()
@@ -384,7 +387,8 @@ def run(
     if to_verify:
         log(f"verifying {len(to_verify)} file(s) in a separate process")
         results = verify_files([f.path for f in to_verify], hf_dir=merged_dir, prompt_text=prompt_text,
-                               max_tokens=config.verify_max_tokens, threads=config.threads, tokenizer=tokenizer)
+                               max_tokens=config.verify_max_tokens, threads=config.threads, tokenizer=tokenizer,
+                               extra_buffers=extra_buffers)
         for item, result in zip(to_verify, results):
             item.verify = result
     files: list[ExportedFile] = []

@@ -160,6 +160,7 @@ def _run_stages(config: RunConfig, *, from_stage: str | None, until: str | None,
     exported = begin("export")
     if exported is None:
         from tunegguf import export as export_stage
+        from tunegguf.evaluate.backends.kernels import cached_verdict
 
         started = time.time()
         test_rows = prepared.load(config.evaluate.split)
@@ -169,6 +170,7 @@ def _run_stages(config: RunConfig, *, from_stage: str | None, until: str | None,
             sample=test_rows[0] if test_rows else None,
             # Only the training split feeds the importance matrix: nothing scored later leaks in.
             calibration=prepared.load("train") if config.export.imatrix_quants else None,
+            extra_buffers=cached_verdict(),  # only a stored verdict: no probe before export
             log=stage_log("export"),
         )
         exported = {
