@@ -88,6 +88,10 @@ def predict_command(texts, run_dir, model, config_path, labels, input_path, outp
                               config_path=Path(config_path) if config_path else None,
                               chosen_because=f"--model {model}")
     click.echo(f"model: {predictor.model} ({predictor.chosen_because or 'given'})", err=True)
+    if workers > 1 and predictor.is_gguf:
+        from tunegguf.pipeline.bulk import worker_threads
+
+        click.echo(f"{workers} llama.cpp workers, {worker_threads(predictor, workers)} thread(s) each", err=True)
 
     if output is not None:
         result = write_predictions(predictor, source, output, workers=workers, batch_size=batch_size, restart=restart,

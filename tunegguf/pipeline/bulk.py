@@ -17,6 +17,7 @@ import os
 import queue
 import shutil
 import sys
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -156,7 +157,8 @@ def _score_in_order(backends, renderer, labels, limit, first, chunks, batch_size
     # Every prompt ends with the same generation prompt, so the first one decides the label
     # tokens, for every worker alike.
     encode = lambda text: backends[0].tokenize([text])[0]  # noqa: E731
-    label_ids = label_token_ids(encode, render(Chunk(0, 0, [], first.texts[:1], []))[0], renderer.words)
+    label_ids = label_token_ids(encode, renderer.render(Example(id="0", text=first.texts[0])).prompt, renderer.words)
+    counted = threading.Lock()  # the workers' threads report progress into one counter
     free: queue.Queue = queue.Queue()
     for backend in backends:
         free.put(backend)
@@ -171,7 +173,8 @@ def _score_in_order(backends, renderer, labels, limit, first, chunks, batch_size
                 _, probs[start : start + batch_size] = label_probabilities(
                     backend, prompts[start : start + batch_size], label_ids, batch_size)
                 if on_rows is not None:
-                    on_rows(len(prompts[start : start + batch_size]))
+                    with counted:
+                        on_rows(len(prompts[start : start + batch_size]))
             return Scored(labels=[labels[i] for i in probs.argmax(axis=1)], probs=probs)
         finally:
             free.put(backend)
@@ -363,10 +366,11 @@ class WriteResult:
 
 def write_predictions(predictor: Predictor, source, output: Path, *, workers: int = 1, batch_size: int = 16,
                       restart: bool = False, text_column: str | None = None, progress: bool = True,
-                      log: Callable[[str], None] | None = None) -> WriteResult:
+                      log: Callable[[str], None] | None = None,
+                      on_open: Callable[[dict[str, Any]], None] | None = None) -> WriteResult:
     """Score every row of `source` (a RowStream or Texts) into `output` (.csv, .tsv, .jsonl,
     .json, .parquet), resumably: see the module docstring. `restart` discards a partial
-    output of an earlier run first, whatever it was of."""
+    output of an earlier run first, whatever it was of. on_open: see score_chunks."""
     output = Path(output)
     suffix = output.suffix.lower()
     if output.is_dir() or suffix not in OUTPUT_TYPES:
@@ -410,7 +414,7 @@ def write_predictions(predictor: Predictor, source, output: Path, *, workers: in
 
             n_chunks = done
             scored_rows = score_chunks(predictor, remaining(), workers=workers, batch_size=batch_size,
-                                       on_rows=bar.update if bar is not None else None)
+                                       on_rows=bar.update if bar is not None else None, on_open=on_open)
             for chunk, scored in scored_rows:
                 fmt.write_chunk(_chunk_path(partial, chunk.index, fmt.chunk_suffix), chunk, scored)
                 rows_done += len(chunk.rows)
