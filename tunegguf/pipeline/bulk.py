@@ -22,7 +22,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -30,8 +30,10 @@ from tunegguf.data.example import Example
 from tunegguf.data.stream import Chunk
 from tunegguf.errors import TuneGGUFError
 from tunegguf.io import atomic_path, locked_directory, read_json, write_json
-from tunegguf.pipeline.predict import Predictor
 from tunegguf.prompts import PromptRenderer, TemplateTokens
+
+if TYPE_CHECKING:  # pipeline.predict calls score_chunks: the types only, no import cycle
+    from tunegguf.pipeline.predict import Predictor
 
 OUTPUT_TYPES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 CHUNK_ROWS = 512
