@@ -195,4 +195,19 @@ def _score_generate(backend, scores, prompts, labels, words, batch_size, max_new
     scores.timing["generate"] = _timing(seconds, n)
 
 
-__all__ = ["ModelScores", "ReferenceLogprobs", "UNPARSED", "score_model"]
+def label_probabilities(backend: Backend, prompts: Sequence[str], label_ids: Sequence[int],
+                        batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label scoring on an already-open backend, as score_model computes it: ([n, labels]
+    float32 full-vocabulary log-probs of each label's first token, [n, labels] probabilities
+    renormalized over the label set), next_token_logprobs `batch_size` prompts at a time.
+    For callers that keep one backend across many calls (`tunegguf predict` on a big file)."""
+    ids = list(label_ids)
+    label_lp = np.empty((len(prompts), len(ids)), dtype=np.float32)
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts[start : start + batch_size])
+        label_lp[start : start + len(batch)] = backend.next_token_logprobs(batch)[:, ids]
+    shifted = np.exp(label_lp.astype(np.float64) - label_lp.max(axis=1, keepdims=True))
+    return label_lp, (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+__all__ = ["ModelScores", "ReferenceLogprobs", "UNPARSED", "label_probabilities", "score_model"]

@@ -69,37 +69,20 @@ class Answer:
 
 def answerer_from_run(run_dir: Path, model: str | None = None) -> Answerer:
     """The run's prompt settings and a GGUF of it: `model` (a quant name or a path), else the
-    file the last evaluation recommended, else what `tunegguf predict` picks (Q4_K_M, else
-    the smallest exported file)."""
+    default `tunegguf predict` also uses (pipeline.predict.choose_run_model: the quant the
+    last evaluation recommended, else Q4_K_M, else the smallest exported file)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise TuneGGUFError(f"{run_dir} is not a tunegguf run directory (no config.yaml); run `tunegguf run` first")
     config = load_run_config(run_dir / "config.yaml")
     stages = read_stages(run_dir)
     exported = stages.get("export") or {}
-    chosen = None
-    if model is None:
-        chosen = _recommended(stages.get("evaluate") or {}, exported)
-    if chosen is None:
-        chosen = run_model(run_dir, exported, model)
+    chosen = run_model(run_dir, exported, model, stages.get("evaluate") or {})
     if not (chosen.is_file() and chosen.suffix == ".gguf"):
         raise TuneGGUFError(f"{run_dir}: {chosen} is not a GGUF file; `tunegguf answer` runs exported GGUFs "
                             "(give --model Q4_K_M or another exported quant)")
     return Answerer(gguf=chosen, prompt=config.prompt, n_ctx=config.evaluate.n_ctx,
                     n_threads=config.evaluate.n_threads, config_path=run_dir / "config.yaml")
-
-
-def _recommended(evaluated: dict, exported: dict) -> Path | None:
-    """The GGUF the run's report recommends, when there is one and it is still on disk."""
-    report = evaluated.get("report_json")
-    if not report or not Path(report).is_file():
-        return None
-    try:
-        choice = (json.loads(Path(report).read_text()).get("recommendation") or {}).get("choice")
-    except (OSError, ValueError, AttributeError):
-        return None  # an unreadable report only loses the preference, predict's default still applies
-    path = (exported.get("files") or {}).get(choice) if choice else None
-    return Path(path) if path and Path(path).is_file() else None
 
 
 def require_gguf(path: str | Path, option: str = "--gguf") -> Path:
