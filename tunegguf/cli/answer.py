@@ -68,7 +68,8 @@ def answer_command(prompts, gguf_path, run_dir, model, config_path, input_path, 
     elif gguf_path:
         config = load_run_config(config_path)
         answerer = Answerer(gguf=require_gguf(gguf_path), prompt=config.prompt, n_ctx=config.evaluate.n_ctx,
-                            n_threads=config.evaluate.n_threads, config_path=Path(config_path) if config_path else None)
+                            n_threads=config.evaluate.n_threads, config_path=Path(config_path) if config_path else None,
+                            extra_buffers=config.evaluate.llama_extra_buffers)
     else:
         raise TuneGGUFError("give --gguf FILE, or --run-dir RUN_DIR of a finished run")
     if n_ctx is not None:

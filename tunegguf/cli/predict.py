@@ -86,7 +86,7 @@ def predict_command(texts, run_dir, model, config_path, labels, input_path, outp
         predictor = Predictor(model=Path(model), prompt=config.prompt, labels=comma_list(labels),
                               n_threads=config.evaluate.n_threads, n_ctx=config.evaluate.n_ctx,
                               config_path=Path(config_path) if config_path else None,
-                              chosen_because=f"--model {model}")
+                              chosen_because=f"--model {model}", extra_buffers=config.evaluate.llama_extra_buffers)
     click.echo(f"model: {predictor.model} ({predictor.chosen_because or 'given'})", err=True)
     if workers > 1 and predictor.is_gguf:
         from tunegguf.pipeline.bulk import worker_threads

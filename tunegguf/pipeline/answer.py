@@ -47,6 +47,8 @@ class Answerer:
     n_ctx: int = 2048
     n_threads: int | None = None
     config_path: Path | None = None
+    extra_buffers: Any = "auto"
+    """evaluate.llama_extra_buffers (auto, true, false), resolved when the GGUF is opened."""
 
 
 @dataclass
@@ -82,7 +84,8 @@ def answerer_from_run(run_dir: Path, model: str | None = None) -> Answerer:
         raise TuneGGUFError(f"{run_dir}: {chosen} is not a GGUF file; `tunegguf answer` runs exported GGUFs "
                             "(give --model Q4_K_M or another exported quant)")
     return Answerer(gguf=chosen, prompt=config.prompt, n_ctx=config.evaluate.n_ctx,
-                    n_threads=config.evaluate.n_threads, config_path=run_dir / "config.yaml")
+                    n_threads=config.evaluate.n_threads, config_path=run_dir / "config.yaml",
+                    extra_buffers=config.evaluate.llama_extra_buffers)
 
 
 def require_gguf(path: str | Path, option: str = "--gguf") -> Path:
@@ -229,6 +232,7 @@ def answer(answerer: Answerer, requests: Sequence[Request], *, system: str | Non
            max_new_tokens: int = 256, temperature: float = 0.0) -> list[Answer]:
     """Greedy answers, one per request, each ending at end-of-turn or after max_new_tokens."""
     from tunegguf.evaluate.backends import BackendOptions, BackendSpec, ModelKind, open_backend
+    from tunegguf.evaluate.backends.kernels import resolve_extra_buffers
 
     if max_new_tokens < 1:
         raise TuneGGUFError(f"--max-new-tokens {max_new_tokens}: give at least 1")
@@ -240,7 +244,8 @@ def answer(answerer: Answerer, requests: Sequence[Request], *, system: str | Non
         return []
     prompts = render_requests(answerer, requests, system)
     spec = BackendSpec(ModelKind.GGUF, answerer.gguf.stem, answerer.gguf)
-    backend = open_backend(spec, BackendOptions(n_ctx=answerer.n_ctx, n_threads=answerer.n_threads))
+    extra = resolve_extra_buffers(answerer.extra_buffers, answerer.n_threads)
+    backend = open_backend(spec, BackendOptions(n_ctx=answerer.n_ctx, n_threads=answerer.n_threads, extra_buffers=extra))
     answers = []
     try:
         # One request per prompt, so an error (a prompt over n_ctx) names the prompt.

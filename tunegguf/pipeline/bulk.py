@@ -108,6 +108,7 @@ def score_chunks(predictor: Predictor, chunks: Iterable[Chunk], *, workers: int 
     loads only when the first chunk arrives (nothing to score: nothing loads). on_rows(n):
     n more rows scored (a progress bar); on_open(info): the first backend's info."""
     from tunegguf.evaluate.backends import BackendOptions, BackendSpec, ModelKind, open_backend
+    from tunegguf.evaluate.backends.kernels import resolve_extra_buffers
     from tunegguf.evaluate.lengths import PromptLimit
 
     if workers < 1:
@@ -132,8 +133,9 @@ def score_chunks(predictor: Predictor, chunks: Iterable[Chunk], *, workers: int 
     renderer = PromptRenderer(predictor.prompt, tokens, predictor.labels)
     where = f" in {predictor.config_path}" if predictor.config_path else " in a --config file"
     limit = PromptLimit(predictor.n_ctx, f"evaluate.n_ctx={predictor.n_ctx}", fix=f"raise evaluate.n_ctx{where}")
+    extra = resolve_extra_buffers(predictor.extra_buffers, predictor.n_threads) if predictor.is_gguf else False
     options = BackendOptions(batch_size=batch_size, n_threads=worker_threads(predictor, workers),
-                             n_ctx=predictor.n_ctx, extra_buffers=predictor.extra_buffers)
+                             n_ctx=predictor.n_ctx, extra_buffers=extra)
     # Opened from this thread, which outlives them: the worker processes die with it (processes.py).
     backends = []
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from tunegguf.config.run import RunConfig, load_run_config
 from tunegguf.errors import TuneGGUFError, closest
@@ -38,8 +38,9 @@ class Predictor:
     prompt may have (a longer one is refused, naming the text)."""
     config_path: Path | None = None
     """Where n_ctx came from, named in the message about a text over it."""
-    extra_buffers: bool = False
-    """llama.cpp: repack weights for the CPU "extra buffer" kernels (BackendOptions.extra_buffers)."""
+    extra_buffers: Any = "auto"
+    """evaluate.llama_extra_buffers of the run (auto, true, false): llama.cpp's repacked CPU
+    kernels, resolved by this host's probe when a GGUF is opened (evaluate.backends.kernels)."""
     chosen_because: str | None = None
     """Why this model (a run's default choice, or --model), printed by the CLI."""
 
@@ -62,7 +63,8 @@ def predictor_from_run(run_dir: Path, model: str | None = None) -> Predictor:
         raise TuneGGUFError(f"{run_dir}: the data stage has not finished; run `tunegguf run` first")
     chosen, why = choose_run_model(run_dir, stages.get("export") or {}, model, stages.get("evaluate") or {})
     return Predictor(model=chosen, prompt=config.prompt, labels=list(labels), n_threads=config.evaluate.n_threads,
-                     n_ctx=config.evaluate.n_ctx, config_path=run_dir / "config.yaml", chosen_because=why)
+                     n_ctx=config.evaluate.n_ctx, config_path=run_dir / "config.yaml", chosen_because=why,
+                     extra_buffers=config.evaluate.llama_extra_buffers)
 
 
 def run_model(run_dir: Path, exported: dict, model: str | None, evaluated: dict | None = None) -> Path:
