@@ -44,13 +44,18 @@ def scored(request):
     """Per model: new and reference rows for label scoring and teacher forcing, computed
     once and the model freed."""
     from tunegguf.evaluate.backends.hf import HFBackend
-    from tunegguf.scoring.logprobs import ScoringPlan, common_prefix_length, last_position_logprobs, left_padded_logprobs
+    from tunegguf.scoring.logprobs import (
+        ScoringPlan,
+        common_prefix_length,
+        last_position_logprobs,
+        left_padded_logprobs,
+    )
 
     model_dir = request.getfixturevalue(request.param)
-    # SmolLM2 is the slower model: fewer prompts (batches of 3, 3, 2) to keep the file's time
+    # SmolLM2 is the slower model: fewer prompts (batches of 3 and 3) to keep the file's time
     # down; tiny-llama3 gets all 12 (batches of 5, 5, 2) and the extra checks.
     small = request.param == "smollm2_dir"
-    prompts = render(model_dir, REVIEWS[:8] if small else REVIEWS)
+    prompts = render(model_dir, REVIEWS[:6] if small else REVIEWS)
     batch = 3 if small else 5
     backend = HFBackend(model_dir, batch_size=batch)
     try:
@@ -62,7 +67,7 @@ def scored(request):
         # prefix (so the prefix is cut back to end before its first answer position), and
         # one-token answers.
         prefix = common_prefix_length(ids)
-        prompt_ids = [ids[0][: prefix + 1], ids[1], ids[2], ids[3], ids[7]]
+        prompt_ids = [ids[0][: prefix + 1], ids[1], ids[2], ids[3], ids[5]]
         answer_ids = [answer, answer[:3], [], answer[:1], answer[5:]]
         if not small:
             prompt_ids, answer_ids = prompt_ids + ids[4:7], answer_ids + [answer, answer, answer[:1]]
@@ -79,6 +84,8 @@ def scored(request):
             ref["one_batch"] = last_position_logprobs(backend.model, backend.tokenizer, prompts[::-1], 64)[::-1]
         with pytest.raises(TuneGGUFError, match="an empty prompt has no answer position"):
             backend.teacher_forced_logprobs([ids[0], []], [answer, answer])
+        with pytest.raises(TuneGGUFError, match="got 2 prompts and 1 answers"):
+            backend.teacher_forced_logprobs(ids[:2], [answer])
     finally:
         backend.close()
     return ref
@@ -89,7 +96,7 @@ def test_label_rows_equal_the_left_padded_forward(scored):
     ids, new, old = scored["ids"], scored["new"], scored["old"]
     plan = scored["plan"]
     assert plan.fast and plan.prefix and plan.body is not None  # the path under test ran
-    assert len({len(x) for x in ids}) >= 6  # mixed lengths: the sort reorders the batches
+    assert len({len(x) for x in ids}) >= 4  # mixed lengths: the sort reorders the batches
     assert new.shape == old.shape == (len(ids), scored["vocab"]) and new.dtype == np.float32
     assert (new.argmax(axis=1) == old.argmax(axis=1)).all()
     assert np.abs(new - old).max() < TOL
@@ -201,14 +208,13 @@ def test_generation_batches_are_length_sorted_and_results_in_input_order(tiny_ll
 
     backend = HFBackend(tiny_llama3_dir, batch_size=2)
     try:
-        prompts = render(tiny_llama3_dir, REVIEWS[:4])
-        rows = backend.tokenize(prompts)
+        # Lengths 3rd > 1st > 2nd: the sorted batches are (3rd, 1st) and (2nd).
+        rows = backend.tokenize(render(tiny_llama3_dir, [REVIEWS[1], REVIEWS[0], REVIEWS[2]]))
         batched = backend.generate_ids(rows, 3)
         single = [backend.generate_ids([ids], 3)[0] for ids in rows]
-        texts = backend.generate(prompts, 3)
     finally:
         backend.close()
+    assert len(rows[2]) > len(rows[0]) > len(rows[1])
     assert [g.ids for g in batched] == [g.ids for g in single]
     assert [g.top_ids for g in batched] == [g.top_ids for g in single]
-    assert [t for t, _ in texts] == [g.text for g in single]
     assert len({tuple(g.ids) for g in single}) > 1  # distinct rows: a reordering would show

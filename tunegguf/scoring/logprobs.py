@@ -146,12 +146,25 @@ class ScoringPlan:
         if "logits_to_keep" not in params:
             return ScoringPlan(fast=False, prefix=False)
         prefix = "past_key_values" in params and not getattr(base.config, "is_encoder_decoder", False)
+        if prefix and _unsloth_patched(base) and next(base.parameters()).is_cuda:
+            # Unsloth swaps in its own forwards on a GPU (its CPU fallback keeps Transformers'
+            # own, checked equal to the plain path). A multi-token step after a copied cache
+            # is unchecked there, so the GPU runs whole prompts rather than risk a silently
+            # different validation score; sorting and the head gather still apply.
+            prefix = False
         model_type = getattr(base.config, "model_type", None)
         body = base.get_decoder() if model_type in PLAIN_HEAD_TYPES and hasattr(base, "get_decoder") else None
         head = base.get_output_embeddings() if body is not None else None
         if body is None or head is None:
             return ScoringPlan(fast=True, prefix=prefix, model=base)
         return ScoringPlan(fast=True, prefix=prefix, model=base, body=body, head=head)
+
+
+def _unsloth_patched(model: Any) -> bool:
+    """Whether Unsloth replaced this model's (or its decoder's) forward."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return any(getattr(type(m).forward, "__module__", "").startswith("unsloth")
+               for m in (model, decoder) if m is not None)
 
 
 def position_logprobs(

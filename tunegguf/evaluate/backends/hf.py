@@ -125,8 +125,10 @@ class HFBackend:
         and only those positions go through the LM head (`position_logprobs`): memory
         sum(len(answer)) x vocab, the size of the result, not total x vocab."""
         vocab = self.info["vocab_size"]
-        pairs = [(self._ids(p, "prompt"), self._ids(a, "answer"))
-                 for p, a in zip(prompt_ids, answer_ids, strict=True)]
+        if len(prompt_ids) != len(answer_ids):
+            raise TuneGGUFError(f"teacher forcing needs one answer per prompt: got {len(prompt_ids)} prompts "
+                                f"and {len(answer_ids)} answers")
+        pairs = [(self._ids(p, "prompt"), self._ids(a, "answer")) for p, a in zip(prompt_ids, answer_ids)]
         if any(not prompt for prompt, _ in pairs):
             raise TuneGGUFError("an empty prompt has no answer position")
         if not ScoringPlan.of(self.model).fast:
