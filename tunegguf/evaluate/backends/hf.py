@@ -1,4 +1,4 @@
-"""Transformers backend: batched label scoring (one forward pass) and greedy generation.
+"""Transformers backend: batched label scoring, teacher forcing and greedy generation.
 
 `HFBackend` wraps the scoring shared with the fine-tune stage (`tunegguf.scoring.logprobs`),
 plus loading and generation, in the evaluator's Backend protocol.
@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
 from tunegguf.errors import TuneGGUFError
 from tunegguf.evaluate.backends.base import TOP_K, TokenGeneration, top_ids
 from tunegguf.models.adapter import require_adapter_dir
-from tunegguf.scoring.logprobs import batches, encode_prompts, last_position_logprobs, left_pad
+from tunegguf.scoring.logprobs import (
+    ScoringPlan,
+    batches,
+    encode_prompts,
+    last_position_logprobs,
+    left_pad,
+    length_sorted,
+    position_logprobs,
+)
 
 
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
@@ -94,33 +102,46 @@ class HFBackend:
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_ids, pad_token_id=self.pad_id
         )
         device = next(self.model.parameters()).device
-        results: list[tuple[str, bool]] = []
+        encoded = encode_prompts(self.tokenizer, prompts)
+        results: list[tuple[str, bool]] = [("", False)] * len(encoded)
         with torch.inference_mode():
-            for batch in batches(list(prompts), self.batch_size):
-                input_ids, attention = left_pad(encode_prompts(self.tokenizer, batch), self.pad_id)
+            # Length-sorted batches pad to almost nothing; results go back in input order.
+            for batch in batches(length_sorted([len(ids) for ids in encoded]), self.batch_size):
+                input_ids, attention = left_pad([encoded[i] for i in batch], self.pad_id)
                 out = self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
                 )
-                for row in out[:, input_ids.shape[1]:].tolist():
+                for index, row in zip(batch, out[:, input_ids.shape[1]:].tolist()):
                     stop = next((i for i, tok in enumerate(row) if tok in self.stop_ids), None)
                     kept = row if stop is None else row[:stop]
-                    results.append((self.tokenizer.decode(kept, skip_special_tokens=False), stop is not None))
+                    results[index] = (self.tokenizer.decode(kept, skip_special_tokens=False), stop is not None)
         return results
 
     def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]],
                                 answer_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        blocks = [self._teacher_forced_one(p, a) for p, a in zip(prompt_ids, answer_ids, strict=True)]
-        return np.concatenate(blocks) if blocks else np.zeros((0, self.info["vocab_size"]), dtype=np.float32)
+        """Each pair fed as prompt + answer[:-1] (the last answer token predicts nothing
+        here); its len(answer) rows are those of the positions that predict an answer token.
+        The pairs run batched, length-sorted, with their shared prefix's KV computed once,
+        and only those positions go through the LM head (`position_logprobs`): memory
+        sum(len(answer)) x vocab, the size of the result, not total x vocab."""
+        vocab = self.info["vocab_size"]
+        if len(prompt_ids) != len(answer_ids):
+            raise TuneGGUFError(f"teacher forcing needs one answer per prompt: got {len(prompt_ids)} prompts "
+                                f"and {len(answer_ids)} answers")
+        pairs = [(self._ids(p, "prompt"), self._ids(a, "answer")) for p, a in zip(prompt_ids, answer_ids)]
+        if any(not prompt for prompt, _ in pairs):
+            raise TuneGGUFError("an empty prompt has no answer position")
+        if not ScoringPlan.of(self.model).fast:
+            blocks = [self._teacher_forced_one(p, a) for p, a in pairs]
+            return np.concatenate(blocks) if blocks else np.zeros((0, vocab), dtype=np.float32)
+        fed = [prompt + answer[:-1] for prompt, answer in pairs]
+        positions = [range(len(prompt) - 1, len(prompt) - 1 + len(answer)) for prompt, answer in pairs]
+        return position_logprobs(self.model, fed, positions, self.batch_size, self.pad_id, vocab_size=vocab)
 
-    def _teacher_forced_one(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> np.ndarray:
-        """One forward over prompt + answer[:-1] (the last answer token predicts nothing
-        here), with `logits_to_keep` so only the len(answer) positions that predict an
-        answer token go through the LM head: memory len(answer) x vocab, not total x vocab."""
+    def _teacher_forced_one(self, prompt: list[int], answer: list[int]) -> np.ndarray:
+        """One pair in one forward: the path for models `position_logprobs` cannot drive."""
         import torch
 
-        prompt, answer = self._ids(prompt_ids, "prompt"), self._ids(answer_ids, "answer")
-        if not prompt:
-            raise TuneGGUFError("an empty prompt has no answer position")
         if not answer:
             return np.zeros((0, self.info["vocab_size"]), dtype=np.float32)
         device = next(self.model.parameters()).device
@@ -164,25 +185,26 @@ class HFBackend:
         )
         stops = set(self.stop_ids)
         device = next(self.model.parameters()).device
-        results: list[TokenGeneration] = []
+        results: list[TokenGeneration | None] = [None] * len(rows)
         with torch.inference_mode():
-            for batch in batches(rows, self.batch_size):
-                input_ids, attention = left_pad(list(batch), self.pad_id)
+            # Length-sorted batches pad to almost nothing; results go back in input order.
+            for batch in batches(length_sorted([len(ids) for ids in rows]), self.batch_size):
+                input_ids, attention = left_pad([rows[i] for i in batch], self.pad_id)
                 recorder = RankRecorder()
                 out = self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config,
                     logits_processor=LogitsProcessorList([recorder]),
                 )
-                for row, generated in enumerate(out[:, input_ids.shape[1]:].tolist()):
+                for row, (index, generated) in enumerate(zip(batch, out[:, input_ids.shape[1]:].tolist())):
                     stop = next((i for i, tok in enumerate(generated) if tok in stops), None)
                     kept = generated if stop is None else generated[:stop]
                     n_ranked = len(kept) + (stop is not None)
-                    results.append(TokenGeneration(
+                    results[index] = TokenGeneration(
                         ids=kept, stopped=stop is not None,
                         top_ids=[recorder.steps[i][row] for i in range(n_ranked)],
                         text=self.tokenizer.decode(kept, skip_special_tokens=False),
-                    ))
-        return results
+                    )
+        return cast("list[TokenGeneration]", results)  # every index was filled by its batch
 
     def _ids(self, ids: Sequence[int], what: str) -> list[int]:
         """Plain ints, each an id the embedding has (torch would fail with an index error)."""
