@@ -15,13 +15,15 @@ from tunegguf.errors import TuneGGUFError
 from tunegguf.prompts import PromptConfig, PromptRenderer, TemplateTokens
 
 # Batched logits are not bit-identical to one-at-a-time ones: the CPU kernels round a
-# 1-sequence batch and a many-sequence batch (other rows, other KV cell layout) differently.
-# Measured on SmolLM2-135M f16 and tiny-llama3 f16 (24 mixed prompts, 2-core AMD EPYC): the
-# full-vocabulary max |Δ log-prob| stays below 0.06 (llama.cpp PR #26204 reports max 0.05),
-# the top rows' below 0.01. A misplaced row or a wrong prefix moves log-probs by whole nats.
+# 1-sequence batch and a many-sequence batch (other rows, other KV cell layout, flash
+# attention in the batched context) differently. Measured here (24 mixed prompts, 2-core AMD
+# EPYC, 1 thread): SmolLM2-135M f16 max |Δ log-prob| 0.035 (labels) / 0.044 (teacher-forced)
+# over the whole vocabulary, 0.019 / 0.036 over each row's 5 best tokens; tiny-llama3 f16
+# under 4e-4. (llama.cpp PR #26204 reports max 0.05.) A misplaced row or a wrong prefix
+# moves log-probs by whole nats.
 FULL_VOCAB_TOL = 0.1
 """max |Δ log-prob| over the whole vocabulary, batched vs n_seq_max=1."""
-TOP_TOL = 0.02
+TOP_TOL = 0.05
 """max |Δ log-prob| of each row's 5 best tokens (what a label or a greedy step reads)."""
 
 REVIEWS = [
@@ -64,6 +66,7 @@ def assert_close_rows(batched: np.ndarray, single: np.ndarray) -> float:
     # A near-tie (top-2 gap under the bound) may flip argmax; outside one it may not.
     sorted_single = -np.sort(-single, axis=1)
     decided = (sorted_single[:, 0] - sorted_single[:, 1]) > TOP_TOL
+    print(f"max |Δ| top-5 {top_delta:.4f}, full vocabulary {delta.max():.4f}")
     np.testing.assert_array_equal(batched.argmax(axis=1)[decided], single.argmax(axis=1)[decided])
     assert top_delta < TOP_TOL, top_delta
     assert delta.max() < FULL_VOCAB_TOL, delta.max()
