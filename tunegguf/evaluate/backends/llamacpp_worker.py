@@ -378,7 +378,7 @@ class LlamaWorker:
                     if token is not None:
                         active[j] = token
                 while active:
-                    entries = [(token, positions[j], (j,), True, j) for j, token in active.items()]
+                    entries = [(token, positions[j], [j], True, j) for j, token in active.items()]
                     self._decode(entries, lambda j, pos, logits: pending.__setitem__(j, logits.copy()))
                     for j in list(active):
                         positions[j] += 1
@@ -456,10 +456,23 @@ class LlamaWorker:
         if common:
             for s in range(1, k):
                 lib.llama_memory_seq_cp(mem, 0, s, 0, common)
-        everyone = tuple(range(k))
+        everyone = list(range(k))
         entries = [(prefix[p], p, everyone, False, None) for p in range(common, prefix_len)]
+        # Sequences come sorted by their ids (see _groups), so a sequence often shares more
+        # than the group prefix with the one before it: those tokens are decoded once too,
+        # tagged with both ids (never where a sequence reads logits: those stay its own).
+        at: dict[tuple[int, int], int] = {}
         for j, ids in enumerate(seqs):
-            entries.extend((ids[p], p, (j,), p >= firsts[j], j) for p in range(prefix_len, len(ids)))
+            shared = prefix_len
+            if j:
+                shared = max(prefix_len, min(_common_length(seqs[j - 1], ids, len(ids)), firsts[j], firsts[j - 1]))
+                for p in range(prefix_len, shared):
+                    index = at[(j - 1, p)]
+                    entries[index][2].append(j)
+                    at[(j, p)] = index
+            for p in range(shared, len(ids)):
+                at[(j, p)] = len(entries)
+                entries.append((ids[p], p, [j], p >= firsts[j], j))
         self._decode(entries, on_row)
         self._cached = list(prefix)
         return prefix_len
@@ -483,7 +496,7 @@ class LlamaWorker:
     def _memory(self) -> Any:
         return self._lib.llama_get_memory(self.llm._ctx.ctx)
 
-    def _decode(self, entries: list[tuple[int, int, tuple[int, ...], bool, Any]],
+    def _decode(self, entries: list[tuple[int, int, list[int], bool, Any]],
                 on_row: Callable[[int, int, np.ndarray], None]) -> None:
         """Decode (token, pos, seq_ids, wanted, tag) entries in calls of at most n_batch
         tokens, in order (a sequence's earlier positions never come later); on_row(tag,
