@@ -100,6 +100,12 @@ def main() -> None:
             "rows_per_s": {"one_at_a_time": round(len(texts) / single_s, 2),
                            "batched": round(len(texts) / batched_s, 2)},
             "speedup": round(single_s / batched_s, 3),
+            # Where they differ: the label log-probs of both paths (near-ties or not).
+            "differing_rows": [
+                {"row": int(i), "one_at_a_time": [round(float(v), 4) for v in single[i, ids]],
+                 "batched": [round(float(v), 4) for v in batched[i, ids]]}
+                for i in np.flatnonzero(pred_single != pred_batched)[:20]
+            ],
         }
         print(f"{name}: {out['files'][name]['predictions_equal']}/{len(texts)} equal", file=sys.stderr)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
