@@ -1,14 +1,18 @@
-"""What does tunegguf's llama.cpp backend cost over a bare llama-cpp-python loop?
+"""What do tunegguf's llama.cpp backends cost or gain over a bare llama-cpp-python loop?
 
-    .venv/bin/python benchmarks/evaluate_overhead.py [--gguf FILE] [--n 48] [--threads N]
+    .venv/bin/python benchmarks/evaluate_overhead.py [--gguf FILE] [--n 96] [--threads N] [--hf]
 
-The same rendered SmolLM2 prompts go through
+The same rendered SmolLM2 prompts, side by side in one run:
   * a bare loop in a fresh process: per prompt reset + eval + read the last logits +
-    log-softmax (no cache), and the same loop keeping the shared prefix in the KV cache;
-  * tunegguf's LlamaCppBackend (worker process, pipe, batches): label scoring
-    (`next_token_logprobs`) and greedy generation (`generate`).
+    log-softmax (naive, no cache), and the same loop keeping the shared prefix in the KV cache;
+  * tunegguf's LlamaCppBackend with n_seq_max=1 (one prompt per decode, prefix kept: the
+    sequential path) and batched (n_seq_max = --batch-size sequences per llama_decode, one
+    unified KV cache, the shared prefix decoded once): label scoring (`next_token_logprobs`)
+    and greedy generation of --max-new-tokens tokens (`generate`);
+  * with --hf, the Transformers scorer old vs new (benchmarks/hf_scoring.py's `measure`).
 Model loading is excluded everywhere. Each measurement is repeated and the fastest kept,
-because the 2 shared cores make single timings noisy. Prints one JSON object.
+because the 2 shared cores make single timings noisy. Prints one JSON object with the
+issue's goals as ratios (labels >= 3x naive and >= 1.6x prefix; generation >= 2x sequential).
 """
 
 from __future__ import annotations
@@ -112,23 +116,60 @@ def timed_best(fn, repeats: int) -> float:
     return best
 
 
+def cpu_record() -> dict:
+    """lscpu's model name and the flags that decide llama.cpp's CPU kernels."""
+    model, flags = "", []
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        out = ""
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name":
+            model = value.strip()
+        elif key.strip() == "Flags":
+            flags = sorted(f for f in value.split() if f.startswith(("avx", "amx", "f16c", "fma")))
+    return {"model_name": model, "flags": flags, "cpu_count": os.cpu_count()}
+
+
+def time_backend(gguf: Path, threads: int, n_seq_max: int, batches: list[list[str]], max_new_tokens: int,
+                 repeats: int) -> dict:
+    from tunegguf.evaluate.backends.llamacpp import LlamaCppBackend
+
+    with LlamaCppBackend(gguf, n_threads=threads, n_seq_max=n_seq_max) as backend:
+        backend.next_token_logprobs(batches[0][:2])  # warm up (first decode allocates buffers)
+        labels = timed_best(lambda: [backend.next_token_logprobs(b) for b in batches], repeats)
+        rows = [r for b in batches for r in backend.next_token_logprobs(b)]
+        generate = timed_best(lambda: [backend.generate(b, max_new_tokens) for b in batches], repeats)
+        generated = [g for b in batches for g in backend.generate(b, max_new_tokens)]
+        info = backend.info
+    return {"labels_s": labels, "generate_s": generate, "rows": rows, "generated": generated,
+            "n_seq_max": info["n_seq_max"], "batched": info["batched"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF to time (default: SmolLM2-135M f16)")
-    parser.add_argument("--n", type=int, default=48, help="number of prompts")
+    parser.add_argument("--n", type=int, default=96, help="number of prompts")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the backend's)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="prompts per request, and the batched backend's n_seq_max")
+    parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--hf", action="store_true",
+                        help="also time the Transformers scorer old vs new (benchmarks/hf_scoring.py)")
     args = parser.parse_args()
 
-    from tunegguf.evaluate.backends.llamacpp import LlamaCppBackend, default_threads
+    import numpy as np
+
+    from tunegguf.evaluate.backends.llamacpp import default_threads
     from tunegguf.models import resolve_model
 
     args.threads = args.threads or default_threads()
     model_dir = Path(resolve_model("smollm2-135m").path)
     gguf = args.gguf or default_gguf(model_dir)
     prompts = demo_prompts(model_dir, args.n)
+    load_before = os.getloadavg()
 
     # The bare loop runs in a fresh process, as tunegguf's worker does (no torch beside it).
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -141,34 +182,57 @@ def main() -> None:
         os.unlink(spec)
 
     batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
-    with LlamaCppBackend(gguf, n_threads=args.threads) as backend:
-        backend.next_token_logprobs(prompts[:1])  # warm up (first decode allocates buffers)
-        labels = timed_best(lambda: [backend.next_token_logprobs(b) for b in batches], args.repeats)
-        generate = timed_best(lambda: [backend.generate(b, args.max_new_tokens) for b in batches], args.repeats)
-        generated = backend.generate(prompts[:4], args.max_new_tokens)
+    sequential = time_backend(gguf, args.threads, 1, batches, args.max_new_tokens, args.repeats)
+    batched = time_backend(gguf, args.threads, args.batch_size, batches, args.max_new_tokens, args.repeats)
 
     n = len(prompts)
     rate = lambda seconds: round(n / seconds, 2)  # noqa: E731
+    ratio = lambda slow, fast: round(slow / fast, 3)  # noqa: E731
+    seq_rows, bat_rows = np.stack(sequential["rows"]), np.stack(batched["rows"])
     result = {
         "gguf": str(gguf),
         "prompts": n,
         "threads": args.threads,
-        "cpu_count": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "examples_per_s": {
-            "bare_loop_no_cache": rate(bare["bare_naive"]),
-            "bare_loop_prefix_cache": rate(bare["bare_prefix_cache"]),
-            "tunegguf_labels": rate(labels),
-            "tunegguf_generate": rate(generate),
+        "batch_size": args.batch_size,
+        "cpu": cpu_record(),
+        "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+        "rows_per_s": {
+            "labels": {
+                "bare_loop_no_cache": rate(bare["bare_naive"]),
+                "bare_loop_prefix_cache": rate(bare["bare_prefix_cache"]),
+                "tunegguf_sequential": rate(sequential["labels_s"]),
+                "tunegguf_batched": rate(batched["labels_s"]),
+            },
+            f"generate_{args.max_new_tokens}_tokens": {
+                "tunegguf_sequential": rate(sequential["generate_s"]),
+                "tunegguf_batched": rate(batched["generate_s"]),
+            },
         },
         "ratios": {
-            "tunegguf_labels_vs_bare_prefix_cache": round(bare["bare_prefix_cache"] / labels, 3),
-            "tunegguf_labels_vs_bare_no_cache": round(bare["bare_naive"] / labels, 3),
-            "labels_vs_generate_speed": round(generate / labels, 2),
+            "labels_batched_vs_bare_no_cache": ratio(bare["bare_naive"], batched["labels_s"]),
+            "labels_batched_vs_bare_prefix_cache": ratio(bare["bare_prefix_cache"], batched["labels_s"]),
+            "labels_sequential_vs_bare_prefix_cache": ratio(bare["bare_prefix_cache"], sequential["labels_s"]),
+            "generate_batched_vs_sequential": ratio(sequential["generate_s"], batched["generate_s"]),
+        },
+        "goals": {
+            "labels_vs_naive_3x": ratio(bare["bare_naive"], batched["labels_s"]) >= 3,
+            "labels_vs_prefix_1.6x": ratio(bare["bare_prefix_cache"], batched["labels_s"]) >= 1.6,
+            "generate_vs_sequential_2x": ratio(sequential["generate_s"], batched["generate_s"]) >= 2,
+        },
+        "batched_vs_sequential": {
+            "label_argmax_equal": int((seq_rows.argmax(1) == bat_rows.argmax(1)).sum()),
+            "max_abs_logprob_delta": float(np.abs(seq_rows.astype(np.float64) - bat_rows).max()),
+            "generations_equal": sum(a == b for a, b in zip(sequential["generated"], batched["generated"])),
         },
         "max_new_tokens": args.max_new_tokens,
-        "sample_generations": generated,
+        "sample_generations": batched["generated"][:4],
     }
+    if args.hf:
+        # The Transformers side (Helper B's benchmark) joins the same JSON, on the same prompts.
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from hf_scoring import measure
+
+        result["hf"] = measure(n, args.batch_size)
     print(json.dumps(result, indent=2))
 
 

@@ -207,12 +207,15 @@ def test_llamacpp_answers_match_transformers(hf_answers, smollm2_f16_gguf):
 
 @pytest.mark.slow
 def test_teacher_forcing_positions_are_exact_and_the_cache_stays_consistent(hf_answers, smollm2_f16_gguf):
-    """Where the batch shapes match, the rows are bitwise the next-token rows, and after a
-    teacher-forced call the prefix-reusing _feed sees exactly the KV cache it expects."""
+    """On the one-at-a-time path (n_seq_max=1): where the batch shapes match, the rows are
+    bitwise the next-token rows, and after a teacher-forced call the prefix-reusing _feed
+    sees exactly the KV cache it expects. (The batched path's cache is checked in
+    tests/test_llamacpp_batched.py.)"""
     from tunegguf.evaluate.backends.llamacpp_worker import LlamaWorker, _log_softmax
 
     prompt, answer = hf_answers["prompt_ids"][0], hf_answers["answer_ids"][0]
-    worker = LlamaWorker(str(smollm2_f16_gguf), n_ctx=512, n_threads=1)
+    worker = LlamaWorker(str(smollm2_f16_gguf), n_ctx=512, n_threads=1, n_seq_max=1)
+    assert worker.info["batched"] is False
     try:
         worker.reuse_prefix = False
         whole = np.stack([_log_softmax(worker._feed(prompt + answer[:j])) for j in (0, 5, len(answer) - 1)])

@@ -62,7 +62,8 @@ class BackendOptions:
     device: str = "auto"
     """Transformers: "auto" (CUDA when present), "cpu" or "cuda"."""
     batch_size: int = 16
-    """Transformers: prompts per forward pass."""
+    """Prompts per forward pass (Transformers) / sequences per llama_decode (llama.cpp: the
+    context's n_seq_max, with one unified KV cache; 1 scores one prompt per decode)."""
     n_ctx: int = 2048
     """llama.cpp: context in tokens."""
     n_threads: int | None = None
@@ -94,4 +95,4 @@ def open_backend(spec: BackendSpec, options: BackendOptions = BackendOptions()) 
     from tunegguf.evaluate.backends.llamacpp import LlamaCppBackend
 
     return LlamaCppBackend(spec.model, n_ctx=options.n_ctx, n_threads=options.n_threads, name=spec.name,
-                           extra_buffers=options.extra_buffers)
+                           extra_buffers=options.extra_buffers, n_seq_max=options.batch_size)

@@ -35,7 +35,12 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         name: str | None = None,
         extra_buffers: bool = False,
+        n_seq_max: int = 16,
     ) -> None:
+        """n_seq_max: sequences per llama_decode (one unified KV cache shared by them); 1 is
+        the one-at-a-time path (one prompt per decode, the shared prefix kept)."""
+        if int(n_seq_max) < 1:
+            raise TuneGGUFError(f"n_seq_max must be at least 1, not {n_seq_max}")
         self.path = Path(gguf_path)
         if not self.path.is_file():
             raise TuneGGUFError(f"GGUF file not found: {self.path}")
@@ -45,7 +50,7 @@ class LlamaCppBackend:
         self._start()
         settings = {
             "path": str(self.path), "n_ctx": n_ctx, "n_threads": n_threads or default_threads(),
-            "extra_buffers": extra_buffers,
+            "extra_buffers": extra_buffers, "n_seq_max": int(n_seq_max),
         }
         try:
             self.info: dict[str, Any] = self._request(settings)
