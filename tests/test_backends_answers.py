@@ -159,6 +159,7 @@ def test_llamacpp_answers_match_transformers(hf_answers, smollm2_f16_gguf):
     prompt_ids, answer_ids = hf_answers["prompt_ids"], hf_answers["answer_ids"]
     with LlamaCppBackend(smollm2_f16_gguf, n_ctx=1024, n_threads=1) as gguf:
         forced = split_answer_rows(gguf.teacher_forced_logprobs(prompt_ids[: len(answer_ids)], answer_ids), answer_ids)
+        single = gguf.teacher_forced_logprobs([prompt_ids[0]], [answer_ids[0]])
         generated = gguf.generate_ids(prompt_ids, BUDGET)
         stepwise = gguf.next_token_logprobs(hf_answers["prefixes"])
 
@@ -171,7 +172,11 @@ def test_llamacpp_answers_match_transformers(hf_answers, smollm2_f16_gguf):
                     r"does not fit n_ctx=1024")
         with pytest.raises(TuneGGUFError, match=too_long):
             gguf.teacher_forced_logprobs([prompt_ids[0]], [answer_ids[0] * 100])
-        np.testing.assert_array_equal(gguf.teacher_forced_logprobs([prompt_ids[0]], [answer_ids[0]]), forced[0])
+        # The same one-pair request after the refusals: bit for bit what it gave before them
+        # (the worker's cache was cleaned up); within the batched path's rounding of the pair
+        # scored beside another (tests/test_llamacpp_batched.py states that bound).
+        np.testing.assert_array_equal(gguf.teacher_forced_logprobs([prompt_ids[0]], [answer_ids[0]]), single)
+        assert np.abs(single - forced[0]).max() < 0.1
 
         long_forced = gguf.teacher_forced_logprobs([hf_answers["long_prompt"]], [answer_ids[0]])
 
