@@ -144,9 +144,7 @@ class LlamaWorker:
         self.n_batch = int(self.llm.n_batch)
         vocab = self.llm._model.vocab
         self.eog_ids = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-        # The batched path's own state: the prefix sequence 0 holds in the KV cache between
-        # requests, and a batch whose tokens can each carry every sequence id.
-        self._cached: list[int] = []
+        # The batched path's own state: a batch whose tokens can each carry every sequence id.
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, n_seq_max) if self.batched else None
         self.info = {
             "runtime": "llama.cpp",
@@ -160,7 +158,6 @@ class LlamaWorker:
             "extra_buffers": extra_buffers,
             "n_seq_max": n_seq_max,
             "batched": self.batched,
-            "flash_attn": self.flash_attn,
         }
 
     def _load(self, path: str, n_ctx: int, n_batch: int, n_threads: int, extra_buffers: bool,
@@ -169,36 +166,29 @@ class LlamaWorker:
         # for a single prompt), a prefix cell copied with seq_cp is one cell tagged with many
         # sequence ids (no copy), and suffixes of unequal length are not split into streams.
         context = {"n_seq_max": n_seq_max, "kv_unified": True} if n_seq_max > 1 else {}
-        # Flash attention for the batched context: in one unified cache each token sees only
-        # its own sequence's cells, and llama.cpp's CPU flash-attention kernel skips the
-        # masked ones, where the plain path multiplies every token by every cell (a cost
-        # growing with the square of the group). Measured on SmolLM2 f16/Q8_0/Q4_K_M, 16
-        # sequences: 15-20% less CPU per row, the same predictions. n_seq_max=1 keeps
-        # today's context exactly. A build or model without it loads again without.
-        attempts = [True, False] if n_seq_max > 1 else [False]
-        for flash in attempts:
-            try:
-                with _model_params(use_extra_bufts=extra_buffers), _context_params(**context):
-                    llm = self._lib.Llama(
-                        model_path=path,
-                        n_ctx=n_ctx,
-                        n_batch=n_batch,
-                        n_threads=n_threads,
-                        n_threads_batch=n_threads,
-                        logits_all=False,  # logits are read where asked for, via llama_get_logits_ith
-                        flash_attn=flash,
-                        verbose=False,
-                        seed=0,
-                    )
-                self.flash_attn = flash
-                return llm
-            except ValueError as exc:
-                if flash:
-                    continue
-                raise ValueError(
-                    f"llama.cpp cannot load {path} ({exc}); the file is truncated, corrupt or not a GGUF model"
-                ) from None
-        raise AssertionError("unreachable")
+        # No flash attention, in either context. llama.cpp's CPU flash-attention kernel sums
+        # the values in half precision: on SmolLM2 (SST-2 dev, 160 rows, 1 thread) it moved the
+        # demo's Q8_0 label log-probs by up to 0.99 against the one-at-a-time path and flipped
+        # 2 near-tie predictions; without it the batched path flipped none (max |delta| 0.57)
+        # at the same speed (28.7 s vs 28.0 s for the 160 rows).
+        try:
+            with _model_params(use_extra_bufts=extra_buffers), _context_params(**context):
+                llm = self._lib.Llama(
+                    model_path=path,
+                    n_ctx=n_ctx,
+                    n_batch=n_batch,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    logits_all=False,  # logits are read where asked for, via llama_get_logits_ith
+                    flash_attn=False,
+                    verbose=False,
+                    seed=0,
+                )
+        except ValueError as exc:
+            raise ValueError(
+                f"llama.cpp cannot load {path} ({exc}); the file is truncated, corrupt or not a GGUF model"
+            ) from None
+        return llm
 
     def close(self) -> None:
         if self._batch is not None:
@@ -369,8 +359,8 @@ class LlamaWorker:
         for group in self._groups(rows, [len(ids) - 1 for ids in rows], reserve=budget):
             seqs = [rows[i] for i in group]
             try:
-                prefix = self._prefill(seqs, [len(ids) - 1 for ids in seqs],
-                                       lambda j, pos, logits: pending.__setitem__(j, logits.copy()))
+                self._prefill(seqs, [len(ids) - 1 for ids in seqs],
+                              lambda j, pos, logits: pending.__setitem__(j, logits.copy()))
                 positions = {j: len(seqs[j]) for j in range(len(seqs))}
                 active = {}
                 for j in range(len(seqs)):
@@ -387,7 +377,6 @@ class LlamaWorker:
                             del active[j]
                         else:
                             active[j] = token
-                self._release(len(seqs), prefix)
             except Exception:
                 self._forget()
                 raise
@@ -400,9 +389,8 @@ class LlamaWorker:
         each position pos >= firsts[j] (the logits are llama.cpp's buffer: copy to keep)."""
         for group in self._groups(seqs, firsts, reserve=0):
             try:
-                prefix = self._prefill([seqs[i] for i in group], [firsts[i] for i in group],
-                                       lambda j, pos, logits: on_row(group[j], pos, logits))
-                self._release(len(group), prefix)
+                self._prefill([seqs[i] for i in group], [firsts[i] for i in group],
+                              lambda j, pos, logits: on_row(group[j], pos, logits))
             except Exception:
                 self._forget()
                 raise
@@ -437,27 +425,24 @@ class LlamaWorker:
         return groups
 
     def _prefill(self, seqs: list[list[int]], firsts: list[int],
-                 on_row: Callable[[int, int, np.ndarray], None]) -> int:
-        """Put one group in the KV cache (sequence j under seq id j) with logits read at
-        positions >= firsts[j]; returns the shared prefix length P, whose cells sequence 0
-        keeps. The cached prefix is cut back to what this group shares with it, the rest
-        of the prefix is decoded once tagged with every sequence id, and each suffix at
-        positions P.. under its own id, all in the same decode calls."""
-        lib, mem = self._lib, self._memory()
-        k = len(seqs)
+                 on_row: Callable[[int, int, np.ndarray], None]) -> None:
+        """Put one group in an empty KV cache (sequence j under seq id j) with logits read at
+        positions >= firsts[j]: the group's shared prefix decoded once, tagged with every
+        sequence id, and each suffix at positions P.. under its own id, in the same calls.
+
+        Every group starts from an empty cache, so a request's rows depend on its own
+        prompts only, never on what was scored before: a prefix kept from the previous
+        group leaves the new suffixes' cells wherever the cache's head has got to, which
+        changes the order attention adds them up in. Measured with the shipped Q4_1 file:
+        `predict --workers 2` (each worker with its own history) gave probabilities up to
+        0.0064 away from `--workers 1`; with a fresh cache per group, the same file. The
+        price is one prefix decode per n_seq_max prompts."""
+        self._lib.llama_memory_clear(self._memory(), True)
         prefix_len = min(firsts)
         for ids in seqs[1:]:
             prefix_len = _common_length(seqs[0], ids, prefix_len)
-        prefix = seqs[0][:prefix_len]
-        common = _common_length(self._cached, prefix, prefix_len)
-        if not lib.llama_memory_seq_rm(mem, 0, common, -1):
-            raise RuntimeError("llama.cpp could not cut the cached prefix back")
-        self._cached = self._cached[:common]
-        if common:
-            for s in range(1, k):
-                lib.llama_memory_seq_cp(mem, 0, s, 0, common)
-        everyone = list(range(k))
-        entries = [(prefix[p], p, everyone, False, None) for p in range(common, prefix_len)]
+        everyone = list(range(len(seqs)))
+        entries = [(seqs[0][p], p, everyone, False, None) for p in range(prefix_len)]
         # Sequences come sorted by their ids (see _groups), so a sequence often shares more
         # than the group prefix with the one before it: those tokens are decoded once too,
         # tagged with both ids (never where a sequence reads logits: those stay its own).
@@ -474,15 +459,6 @@ class LlamaWorker:
                 at[(j, p)] = len(entries)
                 entries.append((ids[p], p, [j], p >= firsts[j], j))
         self._decode(entries, on_row)
-        self._cached = list(prefix)
-        return prefix_len
-
-    def _release(self, k: int, prefix_len: int) -> None:
-        """Drop a finished group's suffixes: sequence 0 keeps the prefix cells alone."""
-        lib, mem = self._lib, self._memory()
-        lib.llama_memory_seq_rm(mem, 0, prefix_len, -1)
-        for s in range(1, k):
-            lib.llama_memory_seq_rm(mem, s, -1, -1)
 
     def _forget(self) -> None:
         """After a failure mid-request the cache holds an unknown state: empty it, so the
@@ -490,7 +466,6 @@ class LlamaWorker:
         mem = self._memory()
         if mem is not None:
             self._lib.llama_memory_clear(mem, True)
-        self._cached = []
         self.llm.n_tokens = 0
 
     def _memory(self) -> Any:
