@@ -16,11 +16,10 @@ from tunegguf.prompts import PromptConfig, PromptRenderer, TemplateTokens
 
 # Batched logits are not bit-identical to one-at-a-time ones: the CPU kernels round a
 # 1-sequence batch and a many-sequence batch (other rows, other KV cell layout)
-# differently. Measured here (24 mixed prompts, 2-core AMD
-# EPYC, 1 thread): SmolLM2-135M f16 max |Δ log-prob| 0.035 (labels) / 0.044 (teacher-forced)
-# over the whole vocabulary, 0.019 / 0.036 over each row's 5 best tokens; tiny-llama3 f16
-# under 4e-4. (llama.cpp PR #26204 reports max 0.05.) A misplaced row or a wrong prefix
-# moves log-probs by whole nats.
+# differently. Measured here (24 mixed prompts, 2-core AMD EPYC, AVX2, 1 thread): SmolLM2-135M
+# f16 max |Δ log-prob| 0.030 (labels) / 0.038 (teacher-forced) over the whole vocabulary,
+# 0.008 / 0.014 over each row's 5 best tokens; tiny-llama3 f16 under 5e-5. (llama.cpp PR
+# #26204 reports max 0.05.) A misplaced row or a wrong prefix moves log-probs by whole nats.
 FULL_VOCAB_TOL = 0.1
 """max |Δ log-prob| over the whole vocabulary, batched vs n_seq_max=1."""
 TOP_TOL = 0.05
