@@ -36,7 +36,7 @@ spec = json.load(open(sys.argv[1]))
 original = lib.llama_model_default_params
 def params():
     p = original()
-    p.use_extra_bufts = False  # same setting as tunegguf's worker (AMX crash, see NOTES)
+    p.use_extra_bufts = False  # the plain kernels, as the tunegguf backends here (extra_buffers=False)
     return p
 lib.llama_model_default_params = params
 llm = llama_cpp.Llama(spec["gguf"], n_ctx=2048, n_threads=spec["threads"], n_threads_batch=spec["threads"],

@@ -38,10 +38,11 @@ def _top_ids(logits: np.ndarray, k: int) -> list[int]:
 def _model_params(**overrides: Any) -> Iterator[None]:
     """Set llama_model_params fields that `Llama()` has no argument for, during one load.
 
-    `use_extra_bufts=False` keeps llama.cpp from repacking weights for its CPU "extra
-    buffer" kernels: with llama-cpp-python 0.3.36 on an AMX/AVX-512 CPU that path
-    segfaults in the first decode of a Q8_0 or Q4_K_M SmolLM2 file (f16 is unaffected).
-    Only this worker process is patched, and only while the model loads.
+    `use_extra_bufts` says whether llama.cpp repacks weights for its CPU "extra buffer"
+    kernels (CPU_REPACK, AMX): on one AMX Xeon that path segfaulted in the first decode of
+    quantized SmolLM2 files, on AVX2 and AVX-512 EPYCs it runs, so the caller decides per
+    host (evaluate.backends.kernels probes it). Only this worker process is patched, and
+    only while the model loads.
     """
     import llama_cpp.llama_cpp as lib
 
