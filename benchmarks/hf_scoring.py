@@ -31,37 +31,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# --- the baseline: the scorer as it was at commit 941bf2f, kept verbatim -----------------
+# --- the baselines: the scorers as they were at commit 941bf2f ---------------------------
 
 def baseline_last_position_logprobs(
     model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16, keep_ids: Sequence[int] | None = None
 ) -> np.ndarray:
-    import torch
+    """Today's label scorer: the library keeps it as its plain fallback path (each batch
+    left-padded in input order, the whole prompt run, logits_to_keep=1)."""
+    from tunegguf.scoring.logprobs import left_padded_logprobs
 
-    from tunegguf.scoring.logprobs import batches, encode_prompts, left_pad
-
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = []
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for batch in batches(list(prompts), batch_size):
-            input_ids, attention = left_pad(encode_prompts(tokenizer, batch), pad_id)
-            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-            logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                position_ids=position_ids.to(device),
-                logits_to_keep=1,
-            ).logits[:, -1, :].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            if keep_ids is not None:
-                logprobs = logprobs[:, list(keep_ids)]
-            out.append(logprobs.cpu().numpy())
-    if was_training:
-        model.train()
-    return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
+    return left_padded_logprobs(model, tokenizer, prompts, batch_size, keep_ids)
 
 
 def baseline_teacher_forced(model: Any, prompt_ids: Sequence[list[int]], answer_ids: Sequence[list[int]]) -> np.ndarray:

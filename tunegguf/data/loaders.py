@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tunegguf.errors import TuneGGUFError, closest
 from tunegguf.io import sha256_file
@@ -223,8 +223,9 @@ def _read_delimited(path: Path, kind: str) -> Table:
     return Table(rows=frame.to_dict("records"), columns=columns, source={}, name=path.name, line_offset=2)
 
 
-def _read_jsonl(path: Path, kind: str) -> Table:
-    rows, lines = [], []
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file, read one line at a time;
+    a line that is not a JSON object is a one-line error naming it."""
     with path.open(encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -235,8 +236,14 @@ def _read_jsonl(path: Path, kind: str) -> Table:
                 raise TuneGGUFError(f"{path}: line {number} is not valid JSON ({exc.msg}); one object per line") from None
             if not isinstance(row, dict):
                 raise TuneGGUFError(f"{path}: line {number} is not a JSON object; one {{...}} record per line")
-            rows.append(row)
-            lines.append(number)
+            yield number, row
+
+
+def _read_jsonl(path: Path, kind: str) -> Table:
+    rows, lines = [], []
+    for number, row in jsonl_records(path):
+        rows.append(row)
+        lines.append(number)
     # Blank lines are skipped, so keep the real line numbers for messages.
     return Table(rows=rows, columns=_columns(rows), source={}, name=path.name, line_offset=0, lines=lines)
 

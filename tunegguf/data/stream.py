@@ -8,13 +8,12 @@ text and how messages name the row, with the same one-line errors as `load_rows`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from tunegguf.data.clean import text_value
-from tunegguf.data.loaders import NO_ROWS, SEPARATORS, _check_separator, _field_count_message, _file_kind, \
+from tunegguf.data.loaders import NO_ROWS, jsonl_records, SEPARATORS, _check_separator, _field_count_message, _file_kind, \
     _parser_message, load_table, missing_file
 from tunegguf.errors import TuneGGUFError, closest
 
@@ -152,22 +151,12 @@ class RowStream:
     def _jsonl(self) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:
         rows: list[dict[str, Any]] = []
         lines: list[int] = []
-        with self.path.open(encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TuneGGUFError(f"{self.path}: line {number} is not valid JSON ({exc.msg}); "
-                                        "one object per line") from None
-                if not isinstance(row, dict):
-                    raise TuneGGUFError(f"{self.path}: line {number} is not a JSON object; one {{...}} record per line")
-                rows.append(row)
-                lines.append(number)
-                if len(rows) == self.chunk_rows:
-                    yield rows, lines
-                    rows, lines = [], []
+        for number, row in jsonl_records(self.path):
+            rows.append(row)
+            lines.append(number)
+            if len(rows) == self.chunk_rows:
+                yield rows, lines
+                rows, lines = [], []
         if rows:
             yield rows, lines
 
