@@ -101,9 +101,9 @@ def _common_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 class LlamaWorker:
     """One Llama model answering the protocol verbs.
 
-    With n_seq_max > 1 (the default) the context has a unified KV cache shared by up to
-    n_seq_max sequences: a request's sequences are packed into groups, the group's shared
-    prefix is decoded once (and kept in the cache for the next request), and every
+    With n_seq_max > 1 (what LlamaCppBackend asks for) the context has a unified KV cache
+    shared by up to n_seq_max sequences: a request's sequences are packed into groups, each
+    group starts from an empty cache, its shared prefix is decoded once, and every
     sequence's suffix goes into the same llama_decode calls under its own sequence id.
     With n_seq_max=1 prompts are fed one per decode with the shared prefix kept: the exact
     one-at-a-time path, the baseline batched results are compared with, and the path of
@@ -164,7 +164,7 @@ class LlamaWorker:
     def _load(self, path: str, n_ctx: int, n_batch: int, n_threads: int, extra_buffers: bool,
               n_seq_max: int) -> Any:
         # kv_unified: the sequences share one pool of n_ctx cells (so n_ctx keeps its meaning
-        # for a single prompt), a prefix cell copied with seq_cp is one cell tagged with many
+        # for a single prompt), a prefix cell decoded for the whole group is one cell tagged with many
         # sequence ids (no copy), and suffixes of unequal length are not split into streams.
         context = {"n_seq_max": n_seq_max, "kv_unified": True} if n_seq_max > 1 else {}
         # No flash attention, in either context. llama.cpp's CPU flash-attention kernel sums
